@@ -1,0 +1,9 @@
+"""napari-xt: a thin napari plugin over :mod:`xt_core` (reader, sample data, widgets).
+
+Nothing heavy is imported here: napari imports this package to read the manifest, and
+each contribution module (``_reader``, ``_sample_data``...) is imported only when used.
+"""
+
+from xt_core import __version__
+
+__all__ = ["__version__"]

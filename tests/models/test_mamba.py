@@ -1,0 +1,335 @@
+"""The pure-PyTorch Mamba: the chunked scan against the sequential reference, streaming
+against one pass, the encoder's direction of information flow, and the mamba-ssm
+parameter contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xt_core.models.context import CONTEXT_ENCODERS, create_context_encoder
+from xt_core.models.context.mamba import MambaBlock, MambaContextEncoder, MambaMixer, RMSNorm
+from xt_core.models.context.selective_scan import (
+    _scan_with_initial_state,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
+
+# The mamba-ssm ``Mamba`` module's state dict: the contract for moving weights across.
+MAMBA_SSM_PARAMETER_NAMES = [
+    "in_proj.weight",
+    "conv1d.weight",
+    "conv1d.bias",
+    "x_proj.weight",
+    "dt_proj.weight",
+    "dt_proj.bias",
+    "A_log",
+    "D",
+    "out_proj.weight",
+]
+
+TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+BATCH, D_INNER, D_STATE = 2, 3, 4
+
+
+def _scan_inputs(length: int, dtype: torch.dtype, seed: int = 0, full: bool = True) -> dict[str, torch.Tensor]:
+    """Random scan arguments (mamba-ssm shapes), leaves requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    args = dict(
+        u=rand(BATCH, D_INNER, length),
+        delta=rand(BATCH, D_INNER, length, scale=0.5),
+        A=-torch.exp(rand(D_INNER, D_STATE, scale=0.5)),
+        B=rand(BATCH, D_STATE, length),
+        C=rand(BATCH, D_STATE, length),
+    )
+    if full:
+        args.update(
+            D=rand(D_INNER),
+            z=rand(BATCH, D_INNER, length),
+            delta_bias=rand(D_INNER, scale=0.5),
+            initial_state=rand(BATCH, D_INNER, D_STATE),
+        )
+    return {k: v.requires_grad_() for k, v in args.items()}
+
+
+def _outputs_and_grads(scan, inputs: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+    """y, last state, and the gradient of a generic loss of both w.r.t. every input."""
+    y, last = scan(**inputs, delta_softplus=True, return_last_state=True, **kwargs)
+    weights = torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).reshape(y.shape)
+    loss = (y * weights).sum() + (last**2).sum()
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    results = {"y": y, "last_state": last}
+    results.update({f"grad_{name}": grad for name, grad in zip(inputs, grads)})
+    return results
+
+
+def _assert_all_close(actual: dict, expected: dict, dtype: torch.dtype) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], **TOLERANCE[dtype], msg=lambda m: f"{name}: {m}")
+
+
+# --------------------------------------------------------------------------- selective scan
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("length,chunk_size", [(1, 4), (1, 128), (5, 4), (16, 16), (37, 8), (100, 32), (130, 64)])
+def test_chunked_scan_matches_reference_forward_and_backward(dtype, length, chunk_size):
+    inputs = _scan_inputs(length, dtype)
+    expected = _outputs_and_grads(selective_scan_reference, inputs)
+    actual = _outputs_and_grads(selective_scan_chunked, inputs, chunk_size=chunk_size)
+    _assert_all_close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_scan_matches_reference_without_optional_arguments(dtype):
+    inputs = _scan_inputs(45, dtype, full=False)
+    expected = selective_scan_reference(**inputs)
+    actual = selective_scan_chunked(**inputs, chunk_size=16)
+    assert actual.shape == (BATCH, D_INNER, 45) and actual.dtype == dtype
+    torch.testing.assert_close(actual, expected, **TOLERANCE[dtype])
+
+
+def test_chunked_scan_is_stable_on_long_sequences_with_strong_decay():
+    """Steps of ~4 against |A| up to 16 make the chunk's cumulative log decay reach -8000;
+    an exp(-cumsum) formulation overflows there, products of decays do not."""
+    length = 600
+    inputs = _scan_inputs(length, torch.float32, full=False, seed=3)
+    with torch.no_grad():
+        inputs["delta"].add_(4.0)
+        inputs["A"].copy_(-torch.arange(1, D_STATE + 1, dtype=torch.float32).expand(D_INNER, -1) * 4)
+    y = selective_scan_chunked(**inputs, chunk_size=128)
+    (grads,) = torch.autograd.grad(y.square().sum(), [inputs["delta"]])
+    assert torch.isfinite(y).all() and torch.isfinite(grads).all()
+    exact = selective_scan_reference(**{k: v.detach().double() for k, v in inputs.items()})
+    torch.testing.assert_close(y.detach().double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("split", [1, 13, 40])
+def test_scan_in_two_pieces_with_carried_state_equals_one_pass(split):
+    length = 41
+    inputs = _scan_inputs(length, torch.float64, full=False, seed=1)
+    whole, whole_last = selective_scan_chunked(**inputs, return_last_state=True, chunk_size=8)
+    first = {k: (v[..., :split] if v.dim() == 3 else v) for k, v in inputs.items()}
+    second = {k: (v[..., split:] if v.dim() == 3 else v) for k, v in inputs.items()}
+    y1, state = selective_scan_chunked(**first, return_last_state=True, chunk_size=8)
+    y2, last = selective_scan_chunked(**second, initial_state=state, return_last_state=True, chunk_size=8)
+    torch.testing.assert_close(torch.cat([y1, y2], dim=-1), whole, **TOLERANCE[torch.float64])
+    torch.testing.assert_close(last, whole_last, **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_initial_state_added_by_linearity_matches_scan_from_that_state(dtype):
+    """The path that lets mamba-ssm's kernel (no initial_state argument) stream segments,
+    checked with the chunked scan standing in for the kernel."""
+    inputs = _scan_inputs(29, dtype, seed=2)
+    expected = _outputs_and_grads(selective_scan_chunked, inputs, chunk_size=8)
+
+    def zero_state_then_linearity(initial_state, **rest):
+        return _scan_with_initial_state(
+            selective_scan_chunked, initial_state=initial_state, chunk_size=8, **rest
+        )
+
+    actual = _outputs_and_grads(zero_state_then_linearity, inputs)
+    _assert_all_close(actual, expected, dtype)
+
+
+def test_dispatcher_uses_the_chunked_scan_off_cuda():
+    inputs = _scan_inputs(20, torch.float32, seed=4)
+    expected = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=8)
+    torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True, chunk_size=8), expected, rtol=0, atol=0)
+
+
+def test_scan_rejects_time_invariant_B():
+    inputs = _scan_inputs(6, torch.float32, full=False)
+    inputs["B"] = torch.randn(D_INNER, D_STATE)
+    with pytest.raises(ValueError, match="input-dependent"):
+        selective_scan_chunked(**inputs)
+
+
+# --------------------------------------------------------------------------- mixer
+
+
+def _mixer(dtype: torch.dtype = torch.float32, d_model: int = 16, seed: int = 0) -> MambaMixer:
+    torch.manual_seed(seed)
+    mixer = MambaMixer(d_model, d_state=4, chunk_size=8).to(dtype)
+    with torch.no_grad():  # make D and the conv bias less trivial than their init
+        mixer.D.normal_()
+        mixer.conv1d.bias.normal_()
+    return mixer
+
+
+def test_mixer_state_dict_has_mamba_ssm_names_and_shapes():
+    d_model, d_state, d_conv, expand = 40, 16, 4, 2
+    mixer = MambaMixer(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    d_inner, dt_rank = expand * d_model, math.ceil(d_model / 16)
+    expected_shapes = {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (dt_rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, dt_rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+    assert set(expected_shapes) == set(MAMBA_SSM_PARAMETER_NAMES)
+    state = mixer.state_dict()
+    assert set(state) == set(MAMBA_SSM_PARAMETER_NAMES)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected_shapes
+
+
+def test_block_and_encoder_use_mamba_ssm_block_names():
+    block_keys = set(MambaBlock(16, d_state=4).state_dict())
+    assert block_keys == {"norm.weight"} | {f"mixer.{name}" for name in MAMBA_SSM_PARAMETER_NAMES}
+    encoder_keys = set(MambaContextEncoder(16, depth=2, d_state=4).state_dict())
+    assert "norm_f.weight" in encoder_keys and "layers.1.mixer.A_log" in encoder_keys
+
+
+def test_mixer_initialisation_follows_mamba():
+    mixer = MambaMixer(32, d_state=8)
+    torch.testing.assert_close(mixer.A_log, torch.log(torch.arange(1.0, 9.0)).expand(64, -1))
+    torch.testing.assert_close(mixer.D, torch.ones(64))
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
+    assert dt.std() > 0  # sampled, not constant
+
+
+def _mixer_the_long_way(mixer: MambaMixer, hidden: torch.Tensor) -> torch.Tensor:
+    """mamba's slow path written out with the modules themselves (padded conv, truncated)
+    and the sequential scan: an independent check of the mixer's wiring."""
+    length = hidden.shape[1]
+    x, z = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+    x = F.silu(mixer.conv1d(x)[..., :length])
+    dt, B, C = mixer.x_proj(x.transpose(1, 2)).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    delta = (mixer.dt_proj.weight @ dt.transpose(1, 2))
+    y = selective_scan_reference(
+        x, delta, -torch.exp(mixer.A_log), B.transpose(1, 2), C.transpose(1, 2), mixer.D, z,
+        delta_bias=mixer.dt_proj.bias, delta_softplus=True,
+    )  # fmt: skip
+    return mixer.out_proj(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mixer_matches_mamba_slow_path(dtype):
+    mixer = _mixer(dtype)
+    hidden = torch.randn(2, 23, 16, dtype=dtype)
+    torch.testing.assert_close(mixer(hidden), _mixer_the_long_way(mixer, hidden), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("segments", [[30], [10, 20], [1, 1, 2, 9, 17], [3, 3, 3, 21]])
+def test_mixer_streaming_in_segments_equals_one_pass(dtype, segments):
+    """Segments shorter than d_conv - 1 included: the conv tail must span segments."""
+    mixer = _mixer(dtype)
+    hidden = torch.randn(2, sum(segments), 16, dtype=dtype, requires_grad=True)
+    whole, whole_state = mixer(hidden, return_state=True)
+    state, pieces = None, []
+    for piece in hidden.split(segments, dim=1):
+        out, state = mixer(piece, state, return_state=True)
+        pieces.append(out)
+    streamed = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(streamed, whole, **TOLERANCE[dtype])
+    torch.testing.assert_close(state.ssm, whole_state.ssm, **TOLERANCE[dtype])
+    torch.testing.assert_close(state.conv, whole_state.conv, **TOLERANCE[dtype])
+    (grad_streamed,) = torch.autograd.grad(streamed.square().sum(), hidden)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), hidden)
+    torch.testing.assert_close(grad_streamed, grad_whole, **TOLERANCE[dtype])
+
+
+def test_rms_norm():
+    norm = RMSNorm(8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(8.0))
+    x = torch.randn(3, 8)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * torch.arange(8.0)
+    torch.testing.assert_close(norm(x), expected)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def _encoder(**kwargs) -> MambaContextEncoder:
+    torch.manual_seed(0)
+    return create_context_encoder("mamba", dim=16, depth=2, d_state=4, chunk_size=8, **kwargs)
+
+
+def test_encoder_is_registered_and_keeps_the_shape():
+    assert "mamba" in CONTEXT_ENCODERS
+    encoder = _encoder()
+    assert isinstance(encoder, MambaContextEncoder) and encoder.dim == 16
+    assert encoder(torch.randn(2, 11, 16)).shape == (2, 11, 16)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("segment_len", [1, 7, 20])
+def test_encoder_segments_do_not_change_the_result(bidirectional, segment_len):
+    tokens = torch.randn(2, 37, 16)
+    whole = _encoder(segment_len=10_000, bidirectional=bidirectional)(tokens)
+    segmented = _encoder(segment_len=segment_len, bidirectional=bidirectional)(tokens)
+    torch.testing.assert_close(segmented, whole, rtol=1e-5, atol=1e-5)
+
+
+def _first_token_sensitivity(encoder: MambaContextEncoder, length: int = 25) -> torch.Tensor:
+    """|d out[0] / d tokens[t]| per position t, in float64 so that a weak but real
+    dependence (an untrained model's small steps decay slowly) is not lost to rounding."""
+    encoder = encoder.double()
+    tokens = torch.randn(1, length, encoder.dim, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(encoder(tokens)[:, 0].sum(), tokens)
+    return grad.abs().amax(dim=(0, 2))
+
+
+def test_bidirectional_encoder_lets_later_tokens_reach_the_first():
+    sensitivity = _first_token_sensitivity(_encoder(bidirectional=True, segment_len=8))
+    assert (sensitivity > 1e-9).all()
+
+
+def test_unidirectional_encoder_is_causal():
+    encoder = _encoder(bidirectional=False, segment_len=8)
+    sensitivity = _first_token_sensitivity(encoder)
+    assert sensitivity[0] > 0 and (sensitivity[1:] == 0).all()
+    tokens = torch.randn(1, 25, 16, dtype=torch.float64)  # the encoder is float64 now
+    changed = tokens.clone()
+    changed[:, 13:] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(changed)[:, :13], encoder(tokens)[:, :13], rtol=0, atol=0)
+
+
+def test_bidirectional_encoder_reverses_every_other_layer():
+    """Layer 2 of 2 reads back to front: the encoder equals layer 1, then layer 2 on the
+    flipped sequence, flipped back, then the final norm."""
+    encoder = _encoder(bidirectional=True)
+    tokens = torch.randn(1, 9, 16)
+    first, second = encoder.layers
+    expected = encoder.norm_f(second(first(tokens).flip(1)).flip(1))
+    torch.testing.assert_close(encoder(tokens), expected)
+
+
+# --------------------------------------------------------------------------- mamba-ssm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mamba-ssm's kernels need CUDA")
+def test_mixer_matches_mamba_ssm_module():
+    mamba_ssm = pytest.importorskip("mamba_ssm")
+    torch.manual_seed(0)
+    theirs = mamba_ssm.Mamba(d_model=64, d_state=16, d_conv=4, expand=2).cuda()
+    ours = MambaMixer(64, d_state=16, d_conv=4, expand=2).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    hidden = torch.randn(2, 300, 64, device="cuda")
+    with torch.no_grad():
+        expected = theirs(hidden)
+        torch.testing.assert_close(ours(hidden), expected, rtol=1e-4, atol=1e-4)
+        # Streaming keeps to the fused kernel plus the linearity correction.
+        first, state = ours(hidden[:, :100], return_state=True)
+        second = ours(hidden[:, 100:], state)
+        torch.testing.assert_close(torch.cat([first, second], dim=1), expected, rtol=1e-4, atol=1e-4)

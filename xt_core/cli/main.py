@@ -1,0 +1,64 @@
+"""``xt-slide`` entry point: parse, dispatch, and turn errors into one line and an exit code.
+
+Exit codes: 0 done; 1 a batch finished with failed slides; 2 usage errors and failed
+single-slide commands. ``--debug`` adds the traceback to an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Sequence
+
+from xt_core import __version__
+from xt_core.errors import XTError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _commands():
+    # Imported here so `xt-slide --help` stays fast and each command owns its imports.
+    from xt_core.cli import bench, info, tissue
+
+    return {"info": info, "tissue": tissue, "bench": bench}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xt-slide",
+        description="Whole-slide images with xT: inspect, detect tissue, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _commands().items():
+        module.add_parser(sub, name, parents=[common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors, as argparse does
+    try:
+        return int(args.run(args) or EXIT_OK)
+    except XTError as exc:
+        _report(exc, args.debug)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        _report(exc, args.debug, prefix=f"internal error ({type(exc).__name__}): ")
+        return EXIT_ERROR
+
+
+def _report(exc: BaseException, debug: bool, prefix: str = "") -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {prefix}{exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""``attention``: exact global non-causal self-attention over all region tokens.
+
+Every token sees every other token of the slide, so this is the reference the bounded
+encoders (``transformer_xl``, ``mamba``) are judged against. The attention itself goes
+through ``torch.nn.functional.scaled_dot_product_attention``, which on CUDA picks a
+flash / memory-efficient kernel whose memory is linear in the sequence length. Off CUDA
+the math path would build the full ``L x L`` score matrix, so queries are processed in
+chunks against the full keys and values: exact, same result, working memory
+``query_chunk x L`` per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
+from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
+
+
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    query_chunk: int | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Non-causal SDPA of ``q (B, H, Lq, d)`` over ``k, v (B, H, Lk, d)``.
+
+    Query rows are independent in softmax attention, so splitting them into chunks is
+    exact. Chunking is skipped on CUDA (the fused kernels already bound memory) and when
+    ``query_chunk`` is ``None`` or covers all queries.
+    """
+    length = q.shape[-2]
+    if q.is_cuda or query_chunk is None or length <= query_chunk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    parts = [
+        F.scaled_dot_product_attention(q_part, k, v, dropout_p=dropout_p)
+        for q_part in q.split(query_chunk, dim=-2)
+    ]
+    return torch.cat(parts, dim=-2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head non-causal self-attention (no bias terms, LLaMA-style)."""
+
+    def __init__(
+        self, dim: int, heads: int, dropout: float = 0.0, query_chunk: int | None = 4096
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.dropout = dropout
+        self.query_chunk = query_chunk
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, L, D) -> q, k, v`` each ``(B, H, L, head_dim)``."""
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        dropout_p = self.dropout if self.training else 0.0
+        out = chunked_attention(q, k, v, self.query_chunk, dropout_p)
+        batch, _, length, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, query_chunk: int | None
+    ) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout, query_chunk)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x)))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+@CONTEXT_ENCODERS.register("attention")
+class AttentionContext(ContextEncoder):
+    """Exact global attention over the whole token sequence.
+
+    Args:
+        dim: token width.
+        depth: number of blocks.
+        heads: attention heads; default gives heads of about 64 channels.
+        mlp_ratio: gated-MLP width relative to ``dim`` (before LLaMA's 2/3 factor).
+        dropout: dropout on attention weights and residual branches.
+        query_chunk: queries per SDPA call off CUDA (``None`` = no chunking).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        query_chunk: int | None = 4096,
+    ) -> None:
+        super().__init__()
+        if query_chunk is not None and query_chunk < 1:
+            raise ValueError(f"query_chunk must be positive or None, got {query_chunk}")
+        self.dim = dim
+        self.heads = check_heads(dim, heads)
+        self.blocks = nn.ModuleList(
+            AttentionBlock(dim, self.heads, mlp_ratio, dropout, query_chunk) for _ in range(depth)
+        )
+        self.norm = RMSNorm(dim)
+
+    @property
+    def query_chunk(self) -> int | None:
+        return self.blocks[0].attn.query_chunk if len(self.blocks) else None
+
+    @query_chunk.setter
+    def query_chunk(self, value: int | None) -> None:
+        """Change the chunk size after construction (it changes memory use, not results)."""
+        for block in self.blocks:
+            block.attn.query_chunk = value
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

@@ -1,0 +1,252 @@
+"""``mamba``: a stack of Mamba (S6) blocks over the region tokens, as in xT.
+
+Parameter names and shapes of :class:`MambaMixer` are those of mamba-ssm's ``Mamba``
+module, and :class:`MambaBlock` uses mamba-ssm's ``Block`` attribute names (``norm``,
+``mixer``), so weights move between this pure-PyTorch model and mamba-ssm with a plain
+``load_state_dict``. When mamba-ssm is installed and the tokens are on CUDA, the scan
+runs on its fused kernel (see :mod:`selective_scan`); everywhere else it is PyTorch.
+
+Long slides are handled by streaming: each layer sees the sequence in segments of
+``segment_len`` tokens and carries the mixer state (the last ``d_conv - 1`` conv inputs
+and the ``(d_inner, d_state)`` SSM state) from one segment to the next, which gives the
+same result as one pass while bounding the scan's working memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
+from xt_core.models.context.selective_scan import selective_scan
+
+
+class MixerState(NamedTuple):
+    """What one segment hands the next so that streaming equals one whole pass."""
+
+    conv: torch.Tensor  # (batch, d_inner, d_conv - 1): the last conv inputs, pre-activation
+    ssm: torch.Tensor  # (batch, d_inner, d_state)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Scan parameters must not be rounded to half precision (mamba-ssm passes them as float32)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y``, written so it stays accurate for small ``y``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale (no bias, no centring), as Mamba uses."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 at least: a half-precision mean of squares overflows easily.
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (normed * self.weight.to(normed.dtype)).to(x.dtype)
+
+
+class MambaMixer(nn.Module):
+    """One Mamba (S6) mixer, with mamba-ssm's ``Mamba`` parameter names and shapes.
+
+    ``forward(x (B, L, d_model), state=None, return_state=False)``: pass the
+    :class:`MixerState` returned for one segment into the call for the next one.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Union[int, str] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 128,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.chunk_size = chunk_size
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self._init_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def _init_ssm_parameters(self, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """Mamba's initialisation, so an untrained scan neither forgets at once nor never.
+
+        Step sizes are spread log-uniformly over ``[dt_min, dt_max]`` (through the
+        inverse softplus, since the scan applies softplus to ``dt_proj``'s output) and
+        ``A = -(1, ..., d_state)`` per channel (the S4D-real spectrum) gives a range of
+        memory lengths.
+        """
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(_inverse_softplus(dt))
+        spectrum = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        self.A_log.copy_(torch.log(spectrum).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+
+    def _causal_conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depthwise causal conv with the previous segment's tail in place of the zero padding.
+
+        Equals mamba's ``conv1d(x)[..., :L]`` when ``conv_state`` is zeros. Returns the
+        conv output and the new tail (the last ``d_conv - 1`` inputs seen, across segments).
+        """
+        padded = torch.cat([conv_state.to(x.dtype), x], dim=-1)
+        out = F.conv1d(padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+        tail = padded[..., padded.shape[-1] - (self.d_conv - 1) :]
+        return out, tail
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        state: Optional[MixerState] = None,
+        return_state: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, MixerState]]:
+        batch, length, _ = hidden.shape
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2 * d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        conv_state = None if state is None else state.conv
+        ssm_state = None if state is None else state.ssm
+        if conv_state is None:
+            conv_state = x.new_zeros(batch, self.d_inner, self.d_conv - 1)
+        x, conv_tail = self._causal_conv(x, conv_state)
+        x = F.silu(x)
+
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt_proj's bias goes to the scan as delta_bias, so the softplus sees it in float32.
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L)
+        A = -torch.exp(_at_least_float32(self.A_log))
+        result = selective_scan(
+            x,
+            delta,
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=_at_least_float32(self.D),
+            z=z,
+            delta_bias=_at_least_float32(self.dt_proj.bias),
+            delta_softplus=True,
+            initial_state=ssm_state,
+            return_last_state=return_state,
+            chunk_size=self.chunk_size,
+        )
+        y, last_ssm = result if return_state else (result, None)
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, MixerState(conv_tail, last_ssm)) if return_state else out
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block ``x + mixer(norm(x))`` (mamba-ssm ``Block`` names: ``norm``, ``mixer``)."""
+
+    def __init__(self, dim: int, **mixer_kwargs) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.mixer = MambaMixer(dim, **mixer_kwargs)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: Optional[MixerState] = None,
+        return_state: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, MixerState]]:
+        if not return_state:
+            return x + self.mixer(self.norm(x), state)
+        mixed, new_state = self.mixer(self.norm(x), state, return_state=True)
+        return x + mixed, new_state
+
+
+def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int) -> torch.Tensor:
+    """Run ``block`` over ``tokens`` in segments, carrying its state, as if in one pass."""
+    length = tokens.shape[1]
+    if length <= segment_len:
+        return block(tokens)
+    state: Optional[MixerState] = None
+    outputs = []
+    for start in range(0, length, segment_len):
+        out, state = block(tokens[:, start : start + segment_len], state, return_state=True)
+        outputs.append(out)
+    return torch.cat(outputs, dim=1)
+
+
+@CONTEXT_ENCODERS.register("mamba")
+class MambaContextEncoder(ContextEncoder):
+    """xT's Mamba context encoder: ``depth`` residual Mamba blocks and a final RMSNorm.
+
+    With ``bidirectional`` (xT's choice) every other layer (the 2nd, 4th, ...) reads the
+    sequence back to front, so each token eventually sees the whole slide; without it the
+    encoder is causal in raster order. ``segment_len`` bounds the scan's working memory
+    and does not change the result.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 4,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        segment_len: int = 2048,
+        bidirectional: bool = True,
+        chunk_size: int = 128,
+    ) -> None:
+        super().__init__()
+        if segment_len < 1:
+            raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+        self.dim = dim
+        self.segment_len = segment_len
+        self.bidirectional = bidirectional
+        self.layers = nn.ModuleList(
+            MambaBlock(dim, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size) for _ in range(depth)
+        )
+        self.norm_f = RMSNorm(dim)
+        self._rescale_residual_outputs(depth)
+
+    @torch.no_grad()
+    def _rescale_residual_outputs(self, depth: int) -> None:
+        """Scale each block's output projection by 1/sqrt(depth) (GPT-2 / mamba-ssm style)
+        so the residual stream's variance at init does not grow with depth."""
+        for layer in self.layers:
+            layer.mixer.out_proj.weight.div_(math.sqrt(max(depth, 1)))
+
+    def _reads_backwards(self, index: int) -> bool:
+        return self.bidirectional and index % 2 == 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens
+        for index, layer in enumerate(self.layers):
+            backwards = self._reads_backwards(index)
+            if backwards:
+                x = x.flip(1)
+            x = _stream_through(layer, x, self.segment_len)
+            if backwards:
+                x = x.flip(1)
+        return self.norm_f(x)

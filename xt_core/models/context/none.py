@@ -1,0 +1,23 @@
+"""``none``: no context at all, the region-only baseline.
+
+Kept as a registered encoder so that a comparison of "with context" against "without"
+changes one config field and nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
+
+
+@CONTEXT_ENCODERS.register("none")
+class NoContext(ContextEncoder):
+    """Returns the region tokens unchanged."""
+
+    def __init__(self, dim: int, **_ignored) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens

@@ -1,0 +1,98 @@
+"""``open_slide``: pick the backend that sees the whole pyramid, fail with one clear line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xt_core.errors import SlideError
+from xt_core.slide._image import IMAGE_SUFFIXES, TIFF_SUFFIXES, ImageBackend
+from xt_core.slide._openslide import OpenSlideBackend
+from xt_core.slide._tiffslide import TiffSlideBackend
+from xt_core.slide.backend import SlideBackend
+from xt_core.slide.slide import Slide, _reason
+
+BACKENDS: dict[str, type[SlideBackend]] = {
+    OpenSlideBackend.name: OpenSlideBackend,
+    TiffSlideBackend.name: TiffSlideBackend,
+    ImageBackend.name: ImageBackend,
+}
+_PLAIN_ONLY_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in TIFF_SUFFIXES)
+
+
+def open_slide(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    mpp: float | tuple[float, float] | None = None,
+    force_mpp: bool = False,
+) -> Slide:
+    """Open a whole-slide image (or a plain image) for reading.
+
+    ``backend`` is ``"auto"``, ``"openslide"``, ``"tiffslide"`` or ``"image"``. ``auto`` opens
+    the file with both slide libraries and keeps the one that sees more pyramid levels
+    (OpenSlide misses OME-TIFF SubIFD levels; tiffslide misses NDPI's finer JPEG levels),
+    OpenSlide on a tie; when one fails, the other is used. ``mpp`` is the pixel size in
+    microns for files whose header has none; with ``force_mpp`` it replaces the header's.
+
+    Raises :class:`SlideError` (``"<path>: <reason>"``) for anything that is not a readable slide.
+    """
+    path = Path(path)
+    _check_file(path)
+    if backend == "auto":
+        candidates = _auto_candidates(path)
+    elif backend in BACKENDS:
+        candidates = [BACKENDS[backend]]
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+
+    opened: list[SlideBackend] = []
+    failures: list[str] = []
+    for cls in candidates:
+        try:
+            handle = cls(path)
+            _probe(handle)
+            opened.append(handle)
+        except Exception as exc:  # every reader library has its own exception types
+            failures.append(f"{cls.name}: {_reason(exc)}")
+    if not opened:
+        raise SlideError(path, f"not a readable slide or image ({'; '.join(failures)})")
+    best = max(opened, key=lambda h: len(h.metadata().level_dimensions))  # first wins ties
+    for handle in opened:
+        if handle is not best:
+            handle.close()
+    return Slide(path, type(best), best, mpp=mpp, force_mpp=force_mpp)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SlideError(path, "no such file")
+    if path.is_dir():
+        raise SlideError(path, "is a directory, not a slide file")
+    if path.stat().st_size == 0:
+        raise SlideError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise SlideError(path, "permission denied")
+
+
+def _auto_candidates(path: Path) -> list[type[SlideBackend]]:
+    if path.name.lower().endswith(_PLAIN_ONLY_SUFFIXES):
+        return [ImageBackend]
+    candidates: list[type[SlideBackend]] = [OpenSlideBackend, TiffSlideBackend]
+    if path.name.lower().endswith(TIFF_SUFFIXES):
+        candidates.append(ImageBackend)
+    return candidates
+
+
+def _probe(handle: SlideBackend) -> None:
+    """Read one pixel at both far corners of the first and last level.
+
+    Headers sit at the start of a file and the last tiles at its end, so a truncated or
+    corrupt file fails here, at open, with its path, rather than halfway through a batch.
+    """
+    meta = handle.metadata()
+    if not meta.level_dimensions or min(min(d) for d in meta.level_dimensions) <= 0:
+        raise ValueError("the file has no image levels")
+    for level in {0, len(meta.level_dimensions) - 1}:
+        w, h = meta.level_dimensions[level]
+        for x, y in ((0, 0), (w - 1, h - 1)):
+            handle.read_level(level, x, y, 1, 1)
