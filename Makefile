@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 # What Qt's xcb platform and Xvfb need to draw napari's canvas with no screen.
-APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
-	libxkbcommon-x11-0 libxcb-render-util0 libxcb-image0 libxcb-randr0 libxcb-shape0 \
-	libxcb-xfixes0 libgl1 libegl1 libfontconfig1 libdbus-1-3
+APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 \
+	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxcb-sync1 \
+	libxcb-shm0 libxcb-glx0 libx11-xcb1 libxkbcommon-x11-0 libgl1 libegl1 libgl1-mesa-dri \
+	libglx-mesa0 libfontconfig1 libdbus-1-3
 
 .PHONY: setup system-deps sample demo test test-slow bench clean
 

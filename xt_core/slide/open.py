@@ -56,11 +56,19 @@ def open_slide(
             failures.append(f"{cls.name}: {_reason(exc)}")
     if not opened:
         raise SlideError(path, f"not a readable slide or image ({'; '.join(failures)})")
-    best = max(opened, key=lambda h: len(h.metadata().level_dimensions))  # first wins ties
+    best = max(opened, key=_preference)  # the first candidate wins a full tie
     for handle in opened:
         if handle is not best:
             handle.close()
     return Slide(path, type(best), best, mpp=mpp, force_mpp=force_mpp)
+
+
+def _preference(handle: SlideBackend) -> tuple[int, int]:
+    """Sort key for ``auto``: more levels first, then pixel-exact reads at every level."""
+    meta = handle.metadata()
+    fractional = any(abs(ds - round(ds)) > 1e-9 for ds in meta.level_downsamples)
+    exact = not (handle.name == OpenSlideBackend.name and fractional)
+    return (len(meta.level_dimensions), int(exact))
 
 
 def _check_file(path: Path) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
-from xt_core.models.context.selective_scan import selective_scan
+from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
 
 
 class MixerState(NamedTuple):
@@ -74,7 +74,7 @@ class MambaMixer(nn.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
-        chunk_size: int = 128,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -185,9 +185,14 @@ class MambaBlock(nn.Module):
 
 
 def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int) -> torch.Tensor:
-    """Run ``block`` over ``tokens`` in segments, carrying its state, as if in one pass."""
+    """Run ``block`` over ``tokens`` in segments, carrying its state, as if in one pass.
+
+    Segments bound the PyTorch scan's memory. mamba-ssm's kernel needs none (it never
+    stores the per-token states and recomputes them in its backward) and cannot
+    backpropagate through a carried state, so on that path the sequence goes through whole.
+    """
     length = tokens.shape[1]
-    if length <= segment_len:
+    if length <= segment_len or fused_scan_available(tokens):
         return block(tokens)
     state: Optional[MixerState] = None
     outputs = []
@@ -203,8 +208,8 @@ class MambaContextEncoder(ContextEncoder):
 
     With ``bidirectional`` (xT's choice) every other layer (the 2nd, 4th, ...) reads the
     sequence back to front, so each token eventually sees the whole slide; without it the
-    encoder is causal in raster order. ``segment_len`` bounds the scan's working memory
-    and does not change the result.
+    encoder is causal in raster order. ``segment_len`` bounds the PyTorch scan's working
+    memory and does not change the result (on mamba-ssm's kernel it is not needed).
     """
 
     def __init__(
@@ -216,7 +221,7 @@ class MambaContextEncoder(ContextEncoder):
         expand: int = 2,
         segment_len: int = 2048,
         bidirectional: bool = True,
-        chunk_size: int = 128,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__()
         if segment_len < 1:

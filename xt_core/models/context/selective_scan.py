@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 ScanResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
-DEFAULT_CHUNK_SIZE = 128
+DEFAULT_CHUNK_SIZE = 64
 
 # Input dtypes the mamba-ssm CUDA kernel is built for.
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -248,8 +248,17 @@ def _fused_selective_scan_fn() -> Optional[Callable[..., ScanResult]]:
     return selective_scan_fn
 
 
-def _fused_applicable(u: torch.Tensor) -> bool:
+def fused_scan_available(u: torch.Tensor) -> bool:
+    """Whether mamba-ssm's CUDA kernel can take a scan whose input is ``u``."""
     return u.is_cuda and u.dtype in _FUSED_DTYPES and _fused_selective_scan_fn() is not None
+
+
+def _last_state_needs_grad(return_last_state: bool, tensors: tuple[Optional[torch.Tensor], ...]) -> bool:
+    """mamba-ssm's kernel returns its last state without a backward through it; when that
+    state feeds later segments in training, using the kernel would silently drop gradients."""
+    if not (return_last_state and torch.is_grad_enabled()):
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def _initial_state_response(
@@ -326,14 +335,16 @@ def selective_scan(
     return_last_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ScanResult:
-    """The fastest scan available for these tensors.
+    """The fastest correct scan for these tensors.
 
     mamba-ssm's fused CUDA kernel when it imports and ``u`` is a CUDA float32/16/bf16
     tensor (it has no ``initial_state`` argument, so a carried state is added by
-    linearity); otherwise :func:`selective_scan_chunked`. ``chunk_size`` only affects
-    the PyTorch paths.
+    linearity); otherwise :func:`selective_scan_chunked`. The kernel is also skipped
+    when the returned last state must carry gradients, which it cannot. ``chunk_size``
+    only affects the PyTorch paths.
     """
-    if not _fused_applicable(u):
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if not fused_scan_available(u) or _last_state_needs_grad(return_last_state, tensors):
         return selective_scan_chunked(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
             initial_state=initial_state, return_last_state=return_last_state, chunk_size=chunk_size,
