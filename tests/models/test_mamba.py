@@ -95,7 +95,8 @@ def _assert_all_close(actual: dict, expected: dict, dtype: torch.dtype) -> None:
 def test_reference_scan_is_the_recurrence_written_out():
     """Scalar arithmetic over every index, independent of the tensor code both scans share."""
     inputs = {k: v.detach() for k, v in _scan_inputs(3, torch.float64, seed=7).items()}
-    u, delta, A, B, C, D, z, bias, h0 = (inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"))
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    u, delta, A, B, C, D, z, bias, h0 = (inputs[k] for k in names)
     expected = torch.empty_like(u)
     for b in range(BATCH):
         for d in range(D_INNER):

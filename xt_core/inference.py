@@ -1,0 +1,216 @@
+"""``predict_slide``: a slide in, a label and a heatmap out, in memory bounded by the batch.
+
+Regions stream from the reader threads through the region encoder in batches; only their
+small token maps are kept. Background regions are skipped but keep their grid places. The
+context encoder then reads the token sequence (each encoder bounds its own working memory:
+segments with memory, a chunked scan, query chunks), and the heads turn it into class
+probabilities for the slide and for every token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from xt_core import __version__
+from xt_core.errors import SlideError
+from xt_core.models.xt import XTModel
+from xt_core.slide import Slide
+from xt_core.stream import iter_region_batches
+from xt_core.tissue import TissueMask, tissue_mask
+from xt_core.tokenize import RegionGrid, make_region_grid
+
+
+@dataclass
+class SlideResult:
+    """What a model says about one slide, with the geometry to draw it on the slide.
+
+    ``heatmap`` is ``(rows, cols, C)`` float32 class probabilities on the token grid (NaN
+    where regions were skipped as background). Heatmap pixel (i, j) covers level-0 pixels
+    ``origin + (j, i) * token_size`` to ``origin + (j + 1, i + 1) * token_size``.
+    """
+
+    slide: str
+    classes: list[str]
+    probabilities: np.ndarray | None
+    heatmap: np.ndarray | None
+    origin: tuple[float, float]
+    token_size: tuple[float, float]
+    mpp: tuple[float, float] | None
+    target_mpp: float | None
+    grid: RegionGrid
+    tissue: TissueMask
+    regions_total: int
+    regions_tissue: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prediction(self) -> str | None:
+        if self.probabilities is None:
+            return None
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready record the CLI writes (everything but the arrays)."""
+        return {
+            "slide": self.slide,
+            "classes": list(self.classes),
+            "probabilities": (
+                {c: float(p) for c, p in zip(self.classes, self.probabilities)} if self.probabilities is not None else None
+            ),
+            "prediction": self.prediction,
+            "mpp": list(self.mpp) if self.mpp else None,
+            "target_mpp": self.target_mpp,
+            "grid": {
+                "rows": self.grid.rows,
+                "cols": self.grid.cols,
+                "region_size": self.grid.region_size,
+                "region_size_px": list(self.grid.region_size_level0),
+                "token_size_px": list(self.token_size),
+                "heatmap_shape": list(self.heatmap.shape[:2]) if self.heatmap is not None else None,
+            },
+            "regions": {"total": self.regions_total, "tissue": self.regions_tissue},
+            "tissue_fraction": round(self.tissue.fraction, 4),
+            "timing": {k: round(v, 4) for k, v in self.timings.items()},
+            "xt_slide_version": __version__,
+        }
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but this torch sees no CUDA GPU")
+    return dev
+
+
+def predict_slide(
+    model: XTModel,
+    slide: Slide,
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    device: str | torch.device = "auto",
+    tissue_threshold: float | None = None,
+    amp: bool = True,
+    tissue: TissueMask | None = None,
+) -> SlideResult:
+    """Classify and segment ``slide`` with ``model``, streaming its regions.
+
+    ``tissue_threshold`` (default: the model's) is the tissue fraction a region needs to
+    be encoded. On CUDA: autocast (bf16 where supported, else fp16), channels-last, pinned
+    batches copied without blocking, and a batch that runs out of GPU memory is retried in
+    halves. On CPU: inference mode, channels-last, reading overlapped with compute.
+    """
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    cfg = model.config
+    model = model.to(dev).eval()
+    if dev.type == "cuda" or cfg.region_encoder:  # channels-last helps convolutions on both
+        model.region_encoder.to(memory_format=torch.channels_last)
+    threshold = cfg.tissue_threshold if tissue_threshold is None else tissue_threshold
+
+    t0 = time.perf_counter()
+    tissue = tissue if tissue is not None else tissue_mask(slide)
+    grid = make_region_grid(slide, target_mpp=cfg.target_mpp, region_size=cfg.region_size,
+                            chunk_size=cfg.chunk_size, tissue=tissue)
+    indices = grid.tissue_indices(threshold)
+    timings["tissue"] = time.perf_counter() - t0
+    if len(indices) == 0:
+        raise SlideError(slide.path, f"no region has tissue above the threshold {threshold}; "
+                                     "lower the tissue threshold (--tissue-threshold) to analyse it anyway")
+
+    with torch.inference_mode(), _autocast(dev, amp):
+        t0 = time.perf_counter()
+        tokens, rows, cols, wait = _encode_stream(model, slide, grid, indices, dev, batch_size, workers)
+        timings["read_wait"] = wait
+        timings["encode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        context = model.contextualize(tokens.to(dev), rows, cols)
+        timings["context"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.heads(context)
+        probabilities = None
+        if "logits" in out:
+            probabilities = torch.softmax(out["logits"].float(), dim=-1)[0].cpu().numpy()
+        heatmap = None
+        if "seg_logits" in out:
+            seg = torch.softmax(out["seg_logits"].float(), dim=-1)[0].cpu().numpy()
+            heatmap = _layout_heatmap(seg, rows.numpy(), cols.numpy(), grid, model.tokens_per_side)
+        timings["heads"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+
+    u = cfg.seg_upsample if heatmap is not None else 1
+    per_token = model.tokens_per_side * u
+    token_size = (grid.region_size_level0[0] / per_token, grid.region_size_level0[1] / per_token)
+    return SlideResult(
+        slide=str(slide.path), classes=list(cfg.classes), probabilities=probabilities, heatmap=heatmap,
+        origin=(0.0, 0.0), token_size=token_size, mpp=slide.mpp, target_mpp=cfg.target_mpp, grid=grid,
+        tissue=tissue, regions_total=grid.n_regions, regions_tissue=int(len(indices)), timings=timings,
+    )
+
+
+def _encode_stream(
+    model: XTModel, slide: Slide, grid: RegionGrid, indices: np.ndarray, dev: torch.device,
+    batch_size: int, workers: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Encode every chosen region, in raster order; returns tokens (N, t*t, D) on the CPU."""
+    n, tpr, dim = len(indices), model.tokens_per_region, model.config.context_dim
+    tokens = torch.empty((n, tpr, dim), dtype=torch.float32)
+    rows = torch.empty(n, dtype=torch.long)
+    cols = torch.empty(n, dtype=torch.long)
+    filled, wait = 0, 0.0
+    batches = iter_region_batches(slide, grid, batch_size=batch_size, workers=workers, indices=indices,
+                                  as_tensor=True, pin_memory=dev.type == "cuda")
+    t_wait = time.perf_counter()
+    for batch in batches:
+        wait += time.perf_counter() - t_wait
+        images = batch.images.to(dev, non_blocking=True)
+        out = _encode_with_oom_retry(model, images)
+        k = len(batch)
+        tokens[filled : filled + k] = out.float().cpu()
+        rows[filled : filled + k] = torch.from_numpy(batch.rows)
+        cols[filled : filled + k] = torch.from_numpy(batch.cols)
+        filled += k
+        t_wait = time.perf_counter()
+    return tokens, rows, cols, wait
+
+
+def _encode_with_oom_retry(model: XTModel, images: torch.Tensor) -> torch.Tensor:
+    """Encode a batch; on a CUDA out-of-memory error, encode it in halves (recursively)."""
+    try:
+        return model.encode_regions(images)
+    except torch.cuda.OutOfMemoryError:
+        if images.shape[0] == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = images.shape[0] // 2
+        return torch.cat([_encode_with_oom_retry(model, images[:half]), _encode_with_oom_retry(model, images[half:])])
+
+
+def _autocast(dev: torch.device, amp: bool):
+    if not amp or dev.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _layout_heatmap(
+    seg: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: RegionGrid, t: int
+) -> np.ndarray:
+    """Per-token probabilities ``(L, u, u, C)`` in sequence order -> ``(rows*t*u, cols*t*u, C)``."""
+    _, u, _, c = seg.shape
+    side = t * u
+    heat = np.full((grid.rows * side, grid.cols * side, c), np.nan, dtype=np.float32)
+    per_region = seg.reshape(len(rows), t, t, u, u, c).transpose(0, 1, 3, 2, 4, 5).reshape(len(rows), side, side, c)
+    for k, (r, col) in enumerate(zip(rows, cols)):
+        heat[r * side : (r + 1) * side, col * side : (col + 1) * side] = per_region[k]
+    return heat

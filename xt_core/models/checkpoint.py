@@ -1,0 +1,131 @@
+"""Checkpoints: safetensors weights plus a JSON config. Nothing is ever unpickled.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``config.json``. ``load_model``
+takes the folder or either file. A pickle (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``, ``.bin``, or
+any file that starts like one) is refused before a byte of it is interpreted: unpickling
+runs code chosen by whoever wrote the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from xt_core import __version__
+from xt_core.errors import ModelFileError
+from xt_core.models.config import XTConfig
+from xt_core.models.xt import XTModel, create_model
+from xt_core.outputs.atomic import atomic_path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
+
+
+def save_model(model: XTModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``model`` to the folder ``path`` (weights and config, each atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "napari-xt", "xt_slide_version": __version__}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    record = {"config": model.config.to_dict(), "xt_slide_version": __version__, **(extra or {})}
+    with atomic_path(folder / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> XTModel:
+    """Load a checkpoint folder (or its ``model.safetensors`` / ``config.json``) for inference.
+
+    The model comes back in eval mode with ``weights_sha256`` and ``checkpoint_path`` set.
+    Raises :class:`ModelFileError` naming the file for anything that is not a valid checkpoint.
+    """
+    weights, config_path = _checkpoint_files(Path(path))
+    config, record = _read_config(config_path)
+    state = _read_weights(weights)
+    try:
+        model = create_model(config)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ModelFileError(config_path, f"cannot build the model it describes: {exc}") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(
+            weights,
+            f"weights do not match the config ({len(missing)} missing, {len(unexpected)} unexpected; "
+            f"e.g. {(missing or unexpected)[0]})",
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise ModelFileError(weights, f"tensor {key} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=True)
+    model.weights_sha256 = _sha256(weights)  # type: ignore[attr-defined]
+    model.checkpoint_path = str(weights.parent)  # type: ignore[attr-defined]
+    model.checkpoint_record = record  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def _checkpoint_files(path: Path) -> tuple[Path, Path]:
+    if not path.exists():
+        raise ModelFileError(path, "no such file or folder")
+    if path.is_file():
+        refuse_pickle(path)
+        folder = path.parent
+        if path.name not in (WEIGHTS_NAME, CONFIG_NAME) and path.suffix not in (".safetensors", ".json"):
+            raise ModelFileError(path, f"not a napari-xt checkpoint (expected a folder with {WEIGHTS_NAME} and {CONFIG_NAME})")
+    else:
+        folder = path
+    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for needed in (weights, config):
+        if not needed.is_file():
+            raise ModelFileError(folder, f"checkpoint folder lacks {needed.name}")
+    refuse_pickle(weights)
+    return weights, config
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise :class:`ModelFileError` if ``path`` is (or is named like) a pickle or torch.save file."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelFileError(path, "is a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config, never pickles")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
+        raise ModelFileError(path, "looks like a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config")
+
+
+def _read_config(path: Path) -> tuple[XTConfig, dict]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        config = XTConfig.from_dict(record["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(path, f"not a readable JSON config: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(path, f"not a napari-xt model config: {exc}") from exc
+    return config, record
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(path, f"not a readable safetensors file: {exc}") from exc
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

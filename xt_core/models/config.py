@@ -1,0 +1,73 @@
+"""XTConfig: everything needed to rebuild a model, as JSON beside its safetensors weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_FORMAT = 1
+
+
+@dataclass
+class XTConfig:
+    """An xT model for slides: region encoder, tokens, context encoder, heads, and data settings.
+
+    ``region_size`` px regions at ``target_mpp`` are cut into ``chunk_size`` px chunks for the
+    ``region_encoder`` (a timm model name) at ``stage`` (-1: last); each region's token map
+    is pooled to ``token_pool`` x ``token_pool`` (None: kept), projected to ``context_dim``,
+    given its global 2D position, and read by ``context_encoder`` (a registered name, with
+    ``context_kwargs``). ``classes`` names the outputs of both heads.
+    """
+
+    classes: list[str]
+    region_encoder: str = "efficientnet_lite0"
+    stage: int = -1
+    region_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    region_size: int = 512
+    chunk_size: int = 256
+    target_mpp: float | None = 0.5
+    token_pool: int | None = 2
+    context_encoder: str = "transformer_xl"
+    context_dim: int = 192
+    context_kwargs: dict[str, Any] = field(default_factory=dict)
+    pooling: str = "attention"
+    classification: bool = True
+    segmentation: bool = True
+    seg_upsample: int = 1
+    tissue_threshold: float = 0.05
+    name: str = "xt-model"
+    description: str = ""
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError("a model needs at least one class name")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class names repeat: {self.classes}")
+        if self.region_size % self.chunk_size:
+            raise ValueError(f"chunk_size {self.chunk_size} must divide region_size {self.region_size}")
+        if not (self.classification or self.segmentation):
+            raise ValueError("a model needs a classification or a segmentation head")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "XTConfig":
+        """Rebuild from a dict; unknown keys are an error (a config from another tool, or a typo)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        if data.get("format", CONFIG_FORMAT) > CONFIG_FORMAT:
+            raise ValueError(f"config format {data['format']} is newer than this napari-xt understands")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "XTConfig":
+        return cls.from_dict(json.loads(text))

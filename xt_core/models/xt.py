@@ -1,0 +1,92 @@
+"""XTModel: region encoder -> token pool -> projection + 2D position -> context encoder -> heads.
+
+The model knows nothing of files or slides: it takes region pixels with their grid places and
+returns logits. Streaming (which regions, in what batches) is the caller's business
+(:mod:`xt_core.inference`, :mod:`xt_core.train`), so the same module serves a whole-image
+forward pass in a test and a streamed pass over 100,000 regions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xt_core.models.config import XTConfig
+from xt_core.models.context import create_context_encoder
+from xt_core.models.heads import SegmentationHead, create_classifier
+from xt_core.models.position import TokenPool, flatten_region_maps, sincos_2d, token_coordinates
+from xt_core.models.region import RegionEncoder
+
+
+class XTModel(nn.Module):
+    """The xT model of one :class:`XTConfig`."""
+
+    def __init__(self, config: XTConfig, region_weights: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.region_encoder = RegionEncoder(
+            config.region_encoder,
+            chunk_size=config.chunk_size,
+            stage=config.stage,
+            weights=region_weights,
+            **config.region_encoder_kwargs,
+        )
+        self.token_pool = TokenPool(config.token_pool)
+        self.proj = nn.Linear(self.region_encoder.out_channels, config.context_dim)
+        self.context = create_context_encoder(config.context_encoder, dim=config.context_dim, **config.context_kwargs)
+        n = len(config.classes)
+        self.classifier = create_classifier(config.pooling, config.context_dim, n) if config.classification else None
+        self.segmenter = SegmentationHead(config.context_dim, n, config.seg_upsample) if config.segmentation else None
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def tokens_per_side(self) -> int:
+        """Tokens along one side of a region after the backbone and the token pool."""
+        return self.token_pool.output_side(self.config.region_size // self.region_encoder.stride)
+
+    @property
+    def tokens_per_region(self) -> int:
+        return self.tokens_per_side**2
+
+    # ------------------------------------------------------------------ stages
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        """Region pixels ``(N, 3, R, R)`` (uint8 or float) -> tokens ``(N, t*t, context_dim)``."""
+        maps = self.token_pool(self.region_encoder(images))
+        n = maps.shape[0]
+        tokens = flatten_region_maps(maps).reshape(n, self.tokens_per_region, -1)
+        return self.proj(tokens)
+
+    def positions(self, region_rows: torch.Tensor, region_cols: torch.Tensor) -> torch.Tensor:
+        """Global 2D sin-cos positions ``(L, context_dim)`` of the regions' tokens, in sequence order."""
+        rows, cols = token_coordinates(region_rows, region_cols, self.tokens_per_side)
+        return sincos_2d(rows, cols, self.config.context_dim)
+
+    def contextualize(
+        self, tokens: torch.Tensor, region_rows: torch.Tensor, region_cols: torch.Tensor
+    ) -> torch.Tensor:
+        """Region tokens ``(N, t*t, D)`` of one slide, raster order -> context tokens ``(1, N*t*t, D)``."""
+        seq = tokens.reshape(1, -1, tokens.shape[-1])
+        pos = self.positions(region_rows.to(seq.device), region_cols.to(seq.device)).to(seq.dtype)
+        return self.context(seq + pos[None])
+
+    def heads(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Classification logits ``(1, C)`` and segmentation logits ``(1, L, u, u, C)``."""
+        out: dict[str, torch.Tensor] = {}
+        if self.classifier is not None:
+            out["logits"] = self.classifier(context)
+        if self.segmenter is not None:
+            out["seg_logits"] = self.segmenter(context)
+        return out
+
+    def forward(
+        self, images: torch.Tensor, region_rows: torch.Tensor, region_cols: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """All regions of one slide at once (small slides, tests): pixels -> head outputs."""
+        return self.heads(self.contextualize(self.encode_regions(images), region_rows, region_cols))
+
+
+def create_model(config: XTConfig | dict, region_weights: str | None = None) -> XTModel:
+    """Build an :class:`XTModel`; ``region_weights`` initialises the region encoder from a local file."""
+    if isinstance(config, dict):
+        config = XTConfig.from_dict(config)
+    return XTModel(config, region_weights=region_weights)
