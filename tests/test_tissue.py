@@ -38,6 +38,15 @@ def _tile(name: str) -> np.ndarray:
     return np.asarray(Image.open(_need(TILES / f"{name}.png")))
 
 
+@functools.lru_cache(maxsize=None)
+def _tile_mask(name: str) -> np.ndarray:
+    return tissue_mask_from_rgb(_tile(name))
+
+
+def _tile_fraction(name: str) -> float:
+    return float(_tile_mask(name).mean())
+
+
 def _tile_names() -> list[str]:
     return sorted(p.stem for p in TILES.glob("*.png")) if TILES.exists() else []
 
@@ -61,20 +70,28 @@ def _thumbnail(name: str, size: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- real tiles
 # File names say what a tile is. Tissue fractions measured with the defaults:
-#   no-tissue*, almost-white*: 0.000-0.010, except almost-white-2 0.018 (its corner does hold a
-#   sliver of tissue) and no-tissue-red-pen 0.009 (0.71 with remove_pen=False);
-#   dense tissue tiles: 0.540 (tissue-level0-4302...) to 1.000.
-NO_TISSUE_MAX = 0.03
+#   no-tissue*, almost-white*: 0.000-0.010, except almost-white-2 0.020 (its corner does hold a
+#   sliver of tissue); the pen tiles are 0.000 (0.72-0.77 with remove_pen=False);
+#   dense tissue tiles: 0.587 (medium-nuclei-score-level1) to 1.000.
+NO_TISSUE_MAX = 0.04
 DENSE_TISSUE_MIN = 0.4
 # Tissue tiles that are mostly glass, fat or ink: their own lower bound, about half the measured.
 SPARSE_TISSUE_MIN = {
-    "very-low-nuclei-score-red-pen-level1": 0.04,  # 0.081: fat, half of it under red ink
-    "low-nuclei-score-level0": 0.05,  # 0.105: fat, empty adipocytes at full resolution
-    "low-nuclei-score-level1": 0.06,  # 0.136: fat
-    "high-nuclei-score-level2": 0.07,  # 0.135: a strip of tissue along the top edge
-    "liver-level2-20914-13715-21714-14515": 0.09,  # 0.174: a strip of tissue along the top edge
-    "kidney-ihc-level0-330-480-380-510": 0.17,  # 0.337: mostly glass
-    "medium-nuclei-score-green-pen-level1": 0.17,  # 0.340: a large part under green ink
+    "very-low-nuclei-score-red-pen-level1": 0.045,  # 0.092: fat, half of it under red ink
+    "low-nuclei-score-level0": 0.07,  # 0.155: fat, empty adipocytes at full resolution
+    "low-nuclei-score-level1": 0.1,  # 0.237: fat
+    "high-nuclei-score-level2": 0.07,  # 0.141: a strip of tissue along the top edge
+    "liver-level2-20914-13715-21714-14515": 0.09,  # 0.178: a strip of tissue along the top edge
+    "kidney-ihc-level0-330-480-380-510": 0.17,  # 0.340: mostly glass
+    "medium-nuclei-score-green-pen-level1": 0.17,  # 0.351: a large part under green ink
+}
+# Tiles filled with tissue: pale tissue must not be lost to a threshold set too high (with the
+# saturation threshold allowed up to 0.5, very-low-nuclei-score-level0 drops to 0.60).
+WHOLE_TISSUE = {
+    "high-nuclei-score-level0": 0.967,  # measured
+    "medium-nuclei-score-level1-2": 1.0,
+    "very-low-nuclei-score-level0": 1.0,  # pale pink throughout
+    "liver-level2-10907-7808-11707-8608": 1.0,
 }
 # Named liver but blank: every pixel is 241-255 and grey (saturation 0). Glass.
 BLANK_DESPITE_NAME = {"liver-level2-38626-13514-39426-14315"}
@@ -86,9 +103,8 @@ def _is_negative(name: str) -> bool:
 
 @pytest.mark.parametrize("name", _tile_names())
 def test_real_tiles(name: str) -> None:
-    rgba = _tile(name)
-    mask = tissue_mask_from_rgb(rgba)
-    assert mask.shape == rgba.shape[:2] and mask.dtype == bool
+    mask = _tile_mask(name)
+    assert mask.shape == _tile(name).shape[:2] and mask.dtype == bool
     fraction = float(mask.mean())
     if _is_negative(name):
         assert fraction <= NO_TISSUE_MAX, f"{name}: {fraction:.3f} of a tile without tissue called tissue"
@@ -97,11 +113,16 @@ def test_real_tiles(name: str) -> None:
         assert fraction >= low, f"{name}: only {fraction:.3f} tissue found, expected >= {low}"
 
 
+@pytest.mark.parametrize("name", sorted(WHOLE_TISSUE))
+def test_tiles_full_of_tissue(name: str) -> None:
+    assert _tile_fraction(name) >= 0.93
+
+
 def test_every_tissue_tile_scores_above_every_empty_tile() -> None:
     names = _tile_names() or pytest.skip("no tiles")
-    fractions = {n: float(tissue_mask_from_rgb(_tile(n)).mean()) for n in names}
-    lowest_tissue = min(v for n, v in fractions.items() if not _is_negative(n))  # measured 0.081
-    highest_empty = max(v for n, v in fractions.items() if _is_negative(n))  # measured 0.018
+    fractions = {n: _tile_fraction(n) for n in names}
+    lowest_tissue = min(v for n, v in fractions.items() if not _is_negative(n))  # measured 0.092
+    highest_empty = max(v for n, v in fractions.items() if _is_negative(n))  # measured 0.020
     assert lowest_tissue > 2 * highest_empty
 
 
@@ -109,10 +130,10 @@ def test_every_tissue_tile_scores_above_every_empty_tile() -> None:
     "name, ink_kept_min, ink_removed_max",
     [
         # fraction with remove_pen=False (>=) and with the defaults (<=); measured in comments
-        ("no-tissue-green-pen", 0.5, 0.01),  # 0.757 / 0.000
-        ("no-tissue-red-pen", 0.5, 0.03),  # 0.713 / 0.009
-        ("very-low-nuclei-score-red-pen-level1", 0.3, 0.15),  # 0.441 / 0.081
-        ("medium-nuclei-score-green-pen-level1", 0.8, 0.5),  # 0.900 / 0.340
+        ("no-tissue-green-pen", 0.5, 0.01),  # 0.765 / 0.000
+        ("no-tissue-red-pen", 0.5, 0.02),  # 0.716 / 0.000
+        ("very-low-nuclei-score-red-pen-level1", 0.3, 0.18),  # 0.472 / 0.092
+        ("medium-nuclei-score-green-pen-level1", 0.8, 0.5),  # 0.905 / 0.351
     ],
 )
 def test_pen_marks_are_removed(name: str, ink_kept_min: float, ink_removed_max: float) -> None:
@@ -133,11 +154,11 @@ def test_red_ink_on_tissue_removes_the_ink_not_the_tissue() -> None:
 
 # --------------------------------------------------------------------------- real slides
 SLIDE_FRACTIONS = {  # (low, high) bounds; measured with the defaults in comments
-    "CMU-1-Small-Region.svs": (0.30, 0.45),  # 0.368
-    "CMU-1-Small-Region_pyramid.ome.tiff": (0.30, 0.45),  # 0.368
-    "CMU-1-Small-Region_pyramid_generic.tiff": (0.30, 0.45),  # 0.368
+    "CMU-1-Small-Region.svs": (0.30, 0.45),  # 0.377
+    "CMU-1-Small-Region_pyramid.ome.tiff": (0.30, 0.45),  # 0.376
+    "CMU-1-Small-Region_pyramid_generic.tiff": (0.30, 0.45),  # 0.376
     "OS-1-detail.ome.tif": (0.90, 1.0),  # 0.998: a crop inside the tissue
-    "tcga-cr-7395-01a-01-ts1.svs": (0.50, 0.75),  # 0.627: the off-white scan tiles are glass
+    "tcga-cr-7395-01a-01-ts1.svs": (0.50, 0.75),  # 0.629: the off-white scan tiles are glass
     "kidney-48-5.tif": (1e-4, 0.01),  # 0.0031: one tiny IHC fragment on an empty slide
     # Fluorescence (DAPI): black background, saturated blue nuclei. The detector is for
     # brightfield: the background is black and the nuclei, pure blue touching black, go with
@@ -166,7 +187,7 @@ def test_real_slides_give_a_mask(name: str) -> None:
 
 def test_same_pixels_in_three_containers_give_the_same_mask() -> None:
     fractions = [_slide_mask(n)[1].fraction for n in SLIDE_FRACTIONS if n.startswith("CMU-1")]
-    assert max(fractions) - min(fractions) < 0.01  # measured 0.3681 / 0.3676 / 0.3676
+    assert max(fractions) - min(fractions) < 0.01  # measured 0.3768 / 0.3763 / 0.3763
 
 
 def test_kidney_fragment_is_found_where_it_is() -> None:
@@ -177,7 +198,7 @@ def test_kidney_fragment_is_found_where_it_is() -> None:
     # not the dark hair near (265, 205), not the grey smudges at the top right.
     assert 250 <= cols.min() * dx and (cols.max() + 1) * dx <= 450
     assert 470 <= rows.min() * dy and (rows.max() + 1) * dy <= 600
-    assert tissue.fraction_in_box(285, 505, 400, 566) > 0.5  # measured 0.63
+    assert tissue.fraction_in_box(285, 505, 400, 566) > 0.4  # measured 0.60
 
 
 def _annotation_mask(path: Path, tissue: TissueMask) -> np.ndarray:
@@ -205,7 +226,7 @@ def test_annotated_tissue_is_tissue() -> None:
     """The two annotators' polygons on CMU-1-Small-Region lie inside our mask.
 
     The files are not whole-tissue outlines: each annotator drew ONE small region (~120 x 120
-    level-0 px) and the two regions are disjoint (a-vs-b IoU 0.0; ours vs a 0.004, vs b 0.004).
+    level-0 px) and the two regions are disjoint (a-vs-b IoU 0.0; ours vs a 0.0037, vs b 0.0039).
     IoU against them says nothing, so the check is coverage: the share of each annotated region
     our mask calls tissue (measured 1.000 and 1.000), plus glass beside the tissue staying out.
     """
@@ -228,7 +249,7 @@ def test_colour_cast_of_the_glass_does_not_change_the_mask() -> None:
         for cast in ((245, 240, 222), (240, 235, 212), (230, 235, 250)):
             tinted = (rgb * (np.array(cast) / 255.0)).round().astype(np.uint8)
             mask = tissue_mask_from_rgb(tinted)
-            assert _iou(mask, reference) >= 0.95, (name, cast)  # measured >= 0.994
+            assert _iou(mask, reference) >= 0.95, (name, cast)  # measured >= 0.994 (0.31-0.99 unbalanced)
             if base_max is not None:  # without white balance: 1.0 (the whole glass is "tissue")
                 assert mask.mean() <= base_max
 
@@ -267,13 +288,20 @@ def test_black_border_is_not_tissue() -> None:
     border = np.ones(mask.shape, bool)
     border[40:-40, 40:-40] = False
     assert not mask[border].any()
-    assert abs(mask[94:606, 94:606].mean() - tissue_mask_from_rgb(tile).mean()) < 0.05
+    assert abs(mask[94:606, 94:606].mean() - tissue_mask_from_rgb(tile).mean()) < 0.05  # 0.849 / 0.836
+    # black absorbs everything (OD 16.6): without the black rules it would all be "tissue"
+    assert tissue_mask_from_rgb(canvas, black_value=0, remove_pen=False)[border].mean() > 0.9
 
 
-def test_fixed_method_and_otsu_agree_on_clear_cases() -> None:
+def test_fixed_method_and_otsu() -> None:
     tile = _tile("tissue-level2-1784-6289-5880-10386")
     otsu, fixed = tissue_mask_from_rgb(tile), tissue_mask_from_rgb(tile, method="fixed")
-    assert _iou(otsu, fixed) > 0.9
+    assert _iou(otsu, fixed) > 0.9  # glass and stain well apart: Otsu lands at the floor (IoU 1.0)
+    # Yellowish glass alone, white balance off: Otsu sees one population and keeps it out,
+    # the fixed floor does not (measured 0.0008 / 0.33).
+    glass = _noise_on((245, 240, 222), 4)
+    assert tissue_mask_from_rgb(glass, white_balance=False).mean() <= 0.01
+    assert tissue_mask_from_rgb(glass, white_balance=False, method="fixed").mean() >= 0.2
     with pytest.raises(ValueError, match="unknown method"):
         tissue_mask_from_rgb(tile, method="kmeans")  # type: ignore[arg-type]
 

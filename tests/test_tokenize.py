@@ -111,3 +111,12 @@ def test_tissue_fractions_choose_the_regions(slides_dir: Path) -> None:
     assert (fractions[keep] >= 0.1).all()
     assert list(grid.tissue_indices(None)) == list(range(grid.n_regions))
     assert grid.region(int(keep[0])).tissue_fraction == fractions[keep[0]]
+
+
+def test_region_boxes_match_each_region(slides_dir: Path) -> None:
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as slide:
+        grid = make_region_grid(slide, target_mpp=0.7, region_size=256, chunk_size=128)
+    boxes = grid.region_boxes()
+    assert boxes.shape == (grid.n_regions, 4)
+    for i in (0, 1, grid.cols, grid.n_regions - 1):
+        np.testing.assert_allclose(boxes[i], grid.region(i).box)

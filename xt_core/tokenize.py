@@ -86,6 +86,12 @@ class RegionGrid:
             tissue_fraction=float(self.tissue_fractions[index]),
         )
 
+    def region_boxes(self) -> np.ndarray:
+        """Level-0 boxes ``(n_regions, 4)`` of every region, raster order (x0, y0, x1, y1)."""
+        rows, cols = np.divmod(np.arange(self.n_regions), self.cols)
+        w, h = self.region_size_level0
+        return np.stack([cols * w, rows * h, (cols + 1) * w, (rows + 1) * h], axis=1).astype(np.float64)
+
     def __len__(self) -> int:
         return self.n_regions
 
@@ -159,7 +165,7 @@ def make_region_grid(
         tissue_fractions=np.ones(rows * cols, dtype=np.float64),
     )
     if tissue is not None:
-        fractions = np.array([tissue.fraction_in_box(*grid.region(i).box) for i in range(grid.n_regions)])
+        fractions = tissue.fractions_in_boxes(grid.region_boxes())
         object.__setattr__(grid, "tissue_fractions", fractions)
     return grid
 

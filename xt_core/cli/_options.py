@@ -57,3 +57,79 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
     return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which model, where it runs, and how slides stream through it."""
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="checkpoint folder (model.safetensors + config.json); default: the bundled model")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the model runs (default: auto, CUDA when there is a GPU)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="regions per forward pass (default 8)")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="reader threads decoding regions ahead of the model (default 2)")
+    parser.add_argument("--target-mpp", type=positive_float, default=None, metavar="X",
+                        help="working resolution in microns per pixel (default: the model's)")
+    parser.add_argument("--tissue-threshold", type=fraction, default=None, metavar="T",
+                        help="tissue fraction a region needs to be analysed (default: the model's)")
+
+
+def add_segment_options(parser: argparse.ArgumentParser) -> None:
+    """What segmentation writes: heatmap kind, polygon threshold, preview size."""
+    parser.add_argument("--labels", action="store_true",
+                        help="heatmap OME-TIFF of argmax labels (0 background, 1..C classes) instead of probabilities")
+    parser.add_argument("--threshold", type=fraction, default=0.5, metavar="P",
+                        help="GeoJSON polygons where a class's probability is above P (default 0.5)")
+    parser.add_argument("--preview-size", type=positive_int, default=1024, metavar="PX",
+                        help="longer side of the PNG preview's thumbnail (default 1024)")
+
+
+def run_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of xt_core.api's functions from the parsed options."""
+    kwargs = dict(mpp=args.mpp, force_mpp=args.force_mpp, target_mpp=args.target_mpp, device=args.device,
+                  batch_size=args.batch_size, workers=args.workers, tissue_threshold=args.tissue_threshold,
+                  backend=args.backend)
+    if hasattr(args, "labels"):
+        kwargs.update(labels=args.labels, threshold=args.threshold, preview_size=args.preview_size)
+    return kwargs
+
+
+def print_error(exc: BaseException, debug: bool, write=None) -> None:
+    """``error: <path>: <reason>`` on stderr (the traceback first with ``--debug``)."""
+    import sys
+    import traceback
+
+    from xt_core.errors import XTError
+
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    prefix = "" if isinstance(exc, XTError) else f"internal error ({type(exc).__name__}): "
+    line = f"error: {prefix}{exc}"
+    if write is not None:
+        write(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def slide_line(record: dict) -> str:
+    """One human line about a finished slide."""
+    probs = record.get("probabilities") or {}
+    pred = record.get("prediction")
+    what = f"{pred} ({probs[pred]:.3f})" if pred in probs else "no slide-level prediction"
+    regions = record.get("regions") or {}
+    wall = (record.get("timing") or {}).get("wall")
+    line = f"{record['slide']}: {what}; {regions.get('tissue')}/{regions.get('total')} regions analysed"
+    if wall is not None:
+        line += f"; {wall:.1f} s"
+    return line

@@ -1,0 +1,70 @@
+"""``xt-slide batch (MANIFEST.csv | DIR | GLOB)... --out DIR``: many slides, one model load.
+
+Writes every slide's outputs (as ``classify``, or ``segment`` with ``--segment``) and
+``<out>/summary.csv`` (slide, status, prediction, p_<class>..., seconds, error), rewritten after
+every slide. A bad slide is a ``failed`` row and the batch goes on. ``--resume`` skips slides
+whose outputs are complete. Exit codes: 0 all done, 1 some slides failed, 2 nothing could start
+(bad options, no slides, no model), 130 interrupted (Ctrl-C; run again with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from xt_core.cli._options import (
+    add_model_options,
+    add_output_options,
+    add_segment_options,
+    add_slide_options,
+    print_error,
+    run_kwargs,
+)
+
+
+def add_parser(sub, name: str, parents) -> None:
+    p = sub.add_parser(name, parents=parents, help="classify (and segment) many slides, with a summary CSV")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a manifest CSV (columns slide or path, optional mpp), a folder, a glob, or slide files")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs and summary.csv")
+    p.add_argument("--segment", action="store_true", help="also write heatmap OME-TIFF, PNG preview and GeoJSON")
+    p.add_argument("--resume", action="store_true", help="skip slides whose outputs are already complete")
+    add_model_options(p)
+    add_slide_options(p)
+    add_segment_options(p)
+    add_output_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from xt_core import api
+    from xt_core.outputs.records import SUMMARY_NAME, read_summary_csv
+
+    def report(row, record, error) -> None:
+        if error is not None:
+            print_error(error, args.debug, write=lambda line: tqdm.write(line, file=sys.stderr))
+
+    try:
+        summary = api.run_batch(args.inputs, args.out, model=args.model, segment=args.segment, resume=args.resume,
+                                progress=not args.quiet, on_slide=report, **run_kwargs(args))
+    except KeyboardInterrupt:
+        path = f"{args.out.rstrip('/')}/{SUMMARY_NAME}"
+        try:
+            rows = read_summary_csv(path)
+            done = sum(1 for r in rows if r["status"] == "done")
+            print(f"interrupted: {done} of {len(rows)} slides done; summary in {path}; "
+                  "run again with --resume to finish", file=sys.stderr)
+        except OSError:
+            print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        for row in summary.rows:
+            print(json.dumps(row), flush=True)
+    elif not args.quiet:
+        extra = f", {summary.resumed} already done" if summary.resumed else ""
+        print(f"{summary.done} of {len(summary.rows)} slides done, {summary.failed} failed{extra}; "
+              f"summary: {summary.summary_path}", flush=True)
+    return summary.exit_code

@@ -1,0 +1,58 @@
+"""``xt-slide classify SLIDE...``: a slide-level label per slide, one JSON record each.
+
+Writes ``<out>/<slide name>.json`` and prints one line per slide (``--json``: the records as
+JSON lines on stdout, nothing else there). A slide that fails gives one ``error:`` line on
+stderr; the others still run, and the exit code is 2 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xt_core.cli._options import (
+    add_model_options,
+    add_output_options,
+    add_slide_options,
+    print_error,
+    run_kwargs,
+    slide_line,
+)
+
+
+def add_parser(sub, name: str, parents) -> None:
+    p = sub.add_parser(name, parents=parents, help="slide-level class probabilities, one JSON record per slide")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
+    add_common(p)
+    p.set_defaults(run=run)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_model_options(p)
+    add_slide_options(p)
+    p.add_argument("--out", default=".", metavar="DIR", help="folder for the outputs (default: here)")
+    add_output_options(p)
+
+
+def run(args: argparse.Namespace, segment: bool = False) -> int:
+    from xt_core import api
+    from xt_core.errors import XTError
+
+    api.check_device(args.device)
+    model = api.resolve_model(args.model)  # once for all slides
+    work = api.segment_slide if segment else api.classify_slide
+    failed = 0
+    for path in args.slides:
+        try:
+            record = work(path, model, out_dir=args.out, **run_kwargs(args))
+        except XTError as exc:
+            print_error(exc, args.debug)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif not args.quiet:
+            files = ", ".join(str(Path(args.out) / name) for name in record["outputs"].values())
+            print(f"{slide_line(record)} -> {files}", flush=True)
+    return 2 if failed else 0
