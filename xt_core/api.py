@@ -79,11 +79,11 @@ def resolve_model(model: "XTModel | str | os.PathLike | None" = None) -> "XTMode
     The default comes from ``xt_core.models.default.default_model_path()`` where this install
     has one; otherwise a :class:`ModelFileError` says to pass ``--model``.
     """
+    if model is None:
+        model = _default_model_path()  # before torch is imported: a missing default fails fast
     from xt_core.models.checkpoint import load_model
     from xt_core.models.xt import XTModel
 
-    if model is None:
-        model = _default_model_path()
     if isinstance(model, XTModel):
         return model
     if isinstance(model, (str, os.PathLike)):
@@ -97,8 +97,10 @@ def load_default_model() -> "XTModel":
 
 
 def _default_model_path() -> Any:
+    import importlib
+
     try:
-        from xt_core.models import default as default_module
+        default_module = importlib.import_module("xt_core.models.default")
     except ModuleNotFoundError as exc:
         if exc.name not in ("xt_core.models.default",):
             raise
@@ -431,13 +433,13 @@ def run_batch(
 
     if segment:
         _check_threshold(threshold)
-    check_device(device)
     items = collect_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = resolve_model(model)  # once for the whole batch
+    check_device(device)
     if segment:
         _check_segmentation(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     classes = list(model.config.classes)
     summary_path = out / SUMMARY_NAME
     _remove_stale_temporaries(out, [SUMMARY_NAME])

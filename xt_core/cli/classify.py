@@ -39,8 +39,8 @@ def run(args: argparse.Namespace, segment: bool = False) -> int:
     from xt_core import api
     from xt_core.errors import XTError
 
-    api.check_device(args.device)
     model = api.resolve_model(args.model)  # once for all slides
+    api.check_device(args.device)
     work = api.segment_slide if segment else api.classify_slide
     failed = 0
     for path in args.slides:

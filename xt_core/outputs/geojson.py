@@ -76,10 +76,11 @@ def mask_polygons(
             xs = ox + (ring[:, 1] + c0 + 0.5) * tw
             ys = oy + (ring[:, 0] + r0 + 0.5) * th
             pts = np.stack([xs, ys], axis=1)
-            if bounds is not None:
-                pts[:, 0] = np.clip(pts[:, 0], 0.0, float(bounds[0]))
-                pts[:, 1] = np.clip(pts[:, 1], 0.0, float(bounds[1]))
             pts = np.round(pts, decimals)
+            if bounds is not None:  # rounded down, so the rounded coordinates stay inside too
+                scale = 10.0**decimals
+                pts[:, 0] = np.clip(pts[:, 0], 0.0, np.floor(float(bounds[0]) * scale) / scale)
+                pts[:, 1] = np.clip(pts[:, 1], 0.0, np.floor(float(bounds[1]) * scale) / scale)
             pts = _drop_degenerate(pts)
             if len(pts) < 3:
                 if idx == 0:

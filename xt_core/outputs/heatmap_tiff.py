@@ -119,7 +119,8 @@ def write_heatmap_tiff(
         metadata["Name"] = str(name)
     pixel_um = None
     if mpp is not None:
-        pixel_um = (float(token_size[0]) * float(mpp[0]), float(token_size[1]) * float(mpp[1]))
+        # 12 significant digits: 256.513... px * 0.499 um/px is written 128, not 127.99999999999999
+        pixel_um = (float(f"{token_size[0] * mpp[0]:.12g}"), float(f"{token_size[1] * mpp[1]:.12g}"))
         metadata.update(PhysicalSizeX=pixel_um[0], PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_um[1], PhysicalSizeYUnit="µm")
     digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode())
