@@ -321,3 +321,17 @@ def test_names_and_summary_csv(tmp_path: Path) -> None:
                        "p_adenocarcinoma": "0.250000", "p_squamous": "0.250000", "seconds": "1.23", "error": ""}
     assert back[1]["error"] == 'not a slide, says: "x"' and back[1]["prediction"] == ""
     assert back[2]["status"] == "pending"
+
+
+def test_outputs_get_normal_file_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from xt_core.outputs import write_json
+
+    umask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

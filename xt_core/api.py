@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -132,7 +132,7 @@ def check_device(device: str) -> None:
     try:
         resolve_device(device)
     except (ValueError, RuntimeError) as exc:
-        raise OptionError(f"--device {device}: {exc}") from None
+        raise OptionError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- one slide
@@ -442,7 +442,9 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     classes = list(model.config.classes)
     summary_path = out / SUMMARY_NAME
-    _remove_stale_temporaries(out, [SUMMARY_NAME])
+    # temporaries a killed run left behind (a slide still to do also cleans its own on the way)
+    _remove_stale_temporaries(out, [SUMMARY_NAME] + [name for item in items
+                                                     for name in output_names(slide_stem(item.path), True).values()])
 
     base = _Settings(mpp=mpp, force_mpp=force_mpp, target_mpp=target_mpp, device=device, batch_size=batch_size,
                      workers=workers, tissue_threshold=tissue_threshold, backend=backend, labels=labels,

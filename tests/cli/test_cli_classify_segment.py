@@ -95,13 +95,13 @@ def test_segment_outputs_line_up_with_the_slide(tmp_path: Path, slides_dir: Path
     from xt_core.tissue import tissue_mask
     from xt_core.tokenize import make_region_grid
 
-    slides = [slides_dir / "CMU-1-Small-Region.svs", slides_dir / "OS-1-detail.ome.tif"]
+    slides = [slides_dir / "CMU-1-Small-Region.svs"]  # the batch tests segment the other slides
     out = tmp_path / "seg"
     proc = xt_slide("segment", *map(str, slides), "--model", str(model_dir), "--out", str(out),
                     "--threshold", "0.3", "--preview-size", "300", "--json")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.strip().splitlines()]
-    assert len(records) == 2
+    assert len(records) == len(slides)
     for path, record in zip(slides, records):
         name = slide_stem(path)
         assert record["outputs"] == {"json": f"{name}.json", "heatmap": f"{name}.heatmap.ome.tif",

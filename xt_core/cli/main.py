@@ -19,9 +19,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
 def _commands():
     # Imported here so `xt-slide --help` stays fast and each command owns its imports.
-    from xt_core.cli import batch, bench, classify, info, segment, tissue
+    from xt_core.cli import batch, bench, classify, evaluate, info, segment, tissue, train
 
-    return {"info": info, "tissue": tissue, "bench": bench, "classify": classify, "segment": segment, "batch": batch}
+    return {"info": info, "tissue": tissue, "bench": bench, "classify": classify, "segment": segment, "batch": batch, "train": train, "evaluate": evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,8 @@ tissue, and a legend with the class names and colours.
 Each thumbnail pixel takes the class of the heatmap pixel (token) under its centre; it is
 tinted with that class's colour (:mod:`xt_core.outputs.colours`) where the token was analysed
 and the tissue mask says tissue. Glass and skipped regions show the bare thumbnail. The
-legend is a white panel on the right (Pillow's default font). Deterministic: the same inputs
-give the same PNG bytes.
+legend is a white panel on the right (Pillow's default font, sized to the image).
+Deterministic: the same inputs give the same PNG bytes.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def heatmap_overlay(
 
 def add_legend(image: np.ndarray, classes: Sequence[str], title: str | None = None) -> np.ndarray:
     """``image`` with a white legend panel on its right: a colour box and the name of each class."""
-    font = ImageFont.load_default()
+    font = _font(max(11, round(max(image.shape[:2]) / 60)))  # readable next to a large thumbnail
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def text_size(text: str) -> tuple[int, int]:
@@ -89,6 +89,14 @@ def add_legend(image: np.ndarray, classes: Sequence[str], title: str | None = No
         draw.text((x0 + box + 6, y), str(name), fill=(0, 0, 0), font=font)
         y += line_h
     return np.asarray(canvas)
+
+
+def _font(size: int):
+    """Pillow's bundled default font at ``size`` px (its fixed bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
 
 
 def write_heatmap_png(

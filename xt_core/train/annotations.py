@@ -265,12 +265,11 @@ def _class_index(
 ) -> int | None:
     mapped: str | None = name
     if class_map:
-        if name is not None and name in class_map:
-            mapped = class_map[name]
-        elif "*" in class_map:
-            mapped = class_map["*"]
-        if mapped is None:
-            return None
+        key = name if name is not None and name in class_map else "*" if "*" in class_map else None
+        if key is not None:
+            mapped = class_map[key]
+            if mapped is None:  # mapped to None on purpose: drop the feature
+                return None
     if mapped is None:
         raise AnnotationError(
             path, f"feature {number} has no class (properties.classification.name, label_name or label); "

@@ -183,7 +183,7 @@ def slide_loss(
     logits = outputs.get("logits")
     if weights.classification > 0 and targets.label is not None and logits is not None:
         target = torch.tensor([targets.label], device=logits.device)
-        ce = F.cross_entropy(logits.float(), target, label_smoothing=weights.label_smoothing)
+        ce = F.cross_entropy(_full(logits), target, label_smoothing=weights.label_smoothing)
         parts["cls_loss"] = float(ce.detach())
         total = weights.classification * ce
     seg = outputs.get("seg_logits")
@@ -192,7 +192,7 @@ def slide_loss(
         if tgt.numel() != seg[0].numel() // seg.shape[-1]:
             raise ValueError(f"{tgt.numel()} segmentation targets for {seg[0].numel() // seg.shape[-1]} cells")
         if bool((tgt != IGNORE_INDEX).any()):
-            ce = F.cross_entropy(seg.float().reshape(-1, seg.shape[-1]), tgt, ignore_index=IGNORE_INDEX)
+            ce = F.cross_entropy(_full(seg).reshape(-1, seg.shape[-1]), tgt, ignore_index=IGNORE_INDEX)
             parts["seg_loss"] = float(ce.detach())
             total = weights.segmentation * ce if total is None else total + weights.segmentation * ce
     if total is not None:
@@ -226,6 +226,16 @@ def encode_features(model: XTModel, images: torch.Tensor) -> torch.Tensor:
     """Region pixels -> pooled backbone features ``(N, t*t, C)``: ``encode_regions`` without ``proj``."""
     maps = model.token_pool(model.region_encoder(images))
     return flatten_region_maps(maps).reshape(maps.shape[0], model.tokens_per_region, -1)
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half precision (autocast outputs) -> float32; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _work_dtype(model: XTModel) -> torch.dtype:
+    """float32, or float64 for a model in double precision (as the gradient tests use)."""
+    return torch.promote_types(model.proj.weight.dtype, torch.float32)
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -273,7 +283,7 @@ def _encode_all(
 ) -> tuple[torch.Tensor, list]:
     """Pass 1: tokens of every region (no gradient), with the RNG state before each batch."""
     n, tpr, dim = len(source), model.tokens_per_region, model.config.context_dim
-    tokens = torch.empty((n, tpr, dim), dtype=torch.float32, device=device)
+    tokens = torch.empty((n, tpr, dim), dtype=_work_dtype(model), device=device)
     states = []
     with torch.no_grad():
         for start, images in source.batches(batch_size):
@@ -281,7 +291,7 @@ def _encode_all(
                 states.append(_rng_state(device))
             with amp():
                 out = model.encode_regions(images.to(device, non_blocking=True))
-            tokens[start : start + images.shape[0]] = out.float()
+            tokens[start : start + images.shape[0]] = out.to(tokens.dtype)
     return tokens, states
 
 
@@ -296,7 +306,8 @@ def _backprop_regions(
                 _set_rng_state(states[k], device)
             with amp():
                 out = model.encode_regions(images.to(device, non_blocking=True))
-            out.float().backward(grad_tokens[start : start + images.shape[0]])
+            grad = grad_tokens[start : start + images.shape[0]]
+            out.to(grad.dtype).backward(grad)
             del out
 
 
@@ -323,7 +334,7 @@ def _xl_context_grad(
             states.append(_rng_state(device))
             segment = seq[:, a:b] + pos[:, a:b].to(seq.dtype)
             out, memory = ctx.forward_segment(segment, memory)
-            outputs.append(out.float())
+            outputs.append(_full(out))
     context = torch.cat(outputs, dim=1).requires_grad_()
     with amp():
         head_out = model.heads(context)
@@ -339,7 +350,7 @@ def _xl_context_grad(
             part = seq[:, a:b].detach().requires_grad_()
             with amp():
                 out, _ = ctx.forward_segment(part + pos[:, a:b].to(part.dtype), memory)
-            out.float().backward(grad_context[:, a:b])
+            out.to(grad_context.dtype).backward(grad_context[:, a:b])
             grad_tokens[:, a:b] = part.grad
     return loss, grad_tokens.reshape(n, tpr, dim), parts, head_out
 
@@ -407,7 +418,7 @@ def _result(loss, parts, out, regions: int) -> StepResult:
     return StepResult(
         loss=None if loss is None else float(loss.detach()),
         parts=parts,
-        logits=None if logits is None else logits.detach().float()[0].cpu(),
+        logits=None if logits is None else logits.detach().float()[0].cpu(),  # metrics only
         regions=int(regions),
     )
 
@@ -422,7 +433,7 @@ def forward_regions(
     tokens, _ = _encode_all(model, source, batch_size, device, amp, save_rng=False)
     with torch.no_grad(), amp():
         out = model.heads(model.contextualize(tokens, source.rows, source.cols))
-    return {k: v.float() for k, v in out.items()}
+    return {k: _full(v) for k, v in out.items()}
 
 
 def forward_features(
@@ -432,7 +443,7 @@ def forward_features(
     """Head outputs from cached region features, without gradient."""
     with torch.no_grad(), amp():
         out = model.heads(model.contextualize(model.proj(features.to(device)), rows, cols))
-    return {k: v.float() for k, v in out.items()}
+    return {k: _full(v) for k, v in out.items()}
 
 
 def count_trainable(params: Sequence[nn.Parameter]) -> int:
