@@ -186,3 +186,17 @@ def test_wrong_model_files_are_clear_errors(tmp_path: Path) -> None:
     (folder / "config.json").write_text(config.replace('"pooling"', '"poolling"'))
     with pytest.raises(ModelFileError, match="unknown config keys: poolling"):
         load_model(folder)
+
+
+def test_half_precision_checkpoint_loads_as_float32(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = create_model(tiny_config("none")).eval()
+    folder = save_model(model, tmp_path / "half", dtype=torch.float16)
+    full = save_model(model, tmp_path / "full")
+    assert (folder / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = load_model(folder)
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == value.dtype
+        if value.is_floating_point():
+            torch.testing.assert_close(got, value.half().to(value.dtype))

@@ -26,13 +26,24 @@ CONFIG_NAME = "config.json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
 
 
-def save_model(model: XTModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``model`` to the folder ``path`` (weights and config, each atomically)."""
+def save_model(
+    model: XTModel, path: str | os.PathLike, extra: dict | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``model`` to the folder ``path`` (weights and config, each atomically).
+
+    ``dtype=torch.float16`` stores floating-point weights at half size (a model shipped
+    inside the package); :func:`load_model` brings them back to the model's own dtype.
+    """
     from safetensors.torch import save_file
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value
     metadata = {"format": "napari-xt", "xt_slide_version": __version__}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
@@ -67,6 +78,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> X
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             raise ModelFileError(weights, f"tensor {key} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[key].shape)}")
+    # Weights stored at reduced precision come back in the dtype the model was built with.
+    state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.weights_sha256 = _sha256(weights)  # type: ignore[attr-defined]
     model.checkpoint_path = str(weights.parent)  # type: ignore[attr-defined]
