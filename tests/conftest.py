@@ -100,3 +100,22 @@ def make_pyramid(tmp_path: Path, cmu_pixels: np.ndarray):
         return write_pyramid_tiff(tmp_path / name, image, **kw), image
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small real model saved as a checkpoint folder: efficientnet_lite0 on 64 px chunks of
+    128 px regions at 2 um/px, attention context, three lung classes. Random weights."""
+    import torch
+
+    from xt_core.models.checkpoint import save_model
+    from xt_core.models.config import XTConfig
+    from xt_core.models.xt import create_model
+
+    torch.manual_seed(0)
+    config = XTConfig(
+        classes=["benign", "adenocarcinoma", "squamous"], region_encoder="efficientnet_lite0", region_size=128,
+        chunk_size=64, target_mpp=2.0, token_pool=2, context_encoder="attention", context_dim=32,
+        context_kwargs={"depth": 1}, name="tiny-test-model",
+    )
+    return save_model(create_model(config).eval(), tmp_path_factory.mktemp("models") / "tiny")
