@@ -46,7 +46,8 @@ def heatmap_layer_data(result: "SlideResult", slide_mpp: tuple[float, float] | N
     analysed = ~np.isnan(heat[..., 0])
     labels = np.where(analysed, np.nanargmax(np.where(analysed[..., None], heat, 0), axis=-1) + 1, 0).astype(np.uint8)
     colours = {0: (0, 0, 0, 0)} | {i + 1: tuple(c / 255 for c in class_colour(i)) + (1.0,) for i in range(len(result.classes))}
-    meta = {"xt_result": result.record(), "classes": list(result.classes)}
+    record = result.record() | {"slide_dimensions": list(result.grid.slide_dimensions)}
+    meta = {"xt_result": record, "classes": list(result.classes)}
     layers: list[LayerData] = [
         (labels, {"name": f"{name} xT classes", "opacity": 0.45, "colormap": colours, "metadata": meta, **geometry}, "labels")
     ]

@@ -78,3 +78,35 @@ def test_widget_without_a_slide_says_so(viewer_factory) -> None:
     widget = XTWidget(viewer)
     widget._start()
     assert "open a slide first" in widget._status.value
+
+
+def test_writer_saves_the_classes_layer_where_it_was_drawn(cmu_result, tmp_path: Path) -> None:
+    """Saving the widget's classes layer gives the same polygons as the engine's own GeoJSON."""
+    import json
+
+    from napari_xt._writer import write_xt_geojson
+    from xt_core.outputs.geojson import heatmap_features
+
+    labels, kwargs, _ = heatmap_layer_data(cmu_result, (0.499, 0.499))[0]
+    out = tmp_path / "classes.geojson"
+    assert write_xt_geojson(str(out), labels, kwargs) == [str(out)]
+    written = json.loads(out.read_text())
+    heat = cmu_result.heatmap
+    onehot = np.zeros_like(heat)
+    analysed = ~np.isnan(heat[..., 0])
+    onehot[analysed, np.argmax(np.nan_to_num(heat), axis=-1)[analysed]] = 1.0
+    expected = heatmap_features(onehot, cmu_result.classes, cmu_result.token_size, origin=cmu_result.origin,
+                                bounds=cmu_result.grid.slide_dimensions)
+    assert [f["properties"]["name"] for f in written["features"]] == [f["properties"]["name"] for f in expected["features"]]
+    for got, want in zip(written["features"], expected["features"]):
+        np.testing.assert_allclose(np.concatenate([np.asarray(r) for p in got["geometry"]["coordinates"] for r in p]),
+                                   np.concatenate([np.asarray(r) for p in want["geometry"]["coordinates"] for r in p]),
+                                   atol=1e-3)
+
+
+def test_writer_refuses_other_layers(tmp_path: Path) -> None:
+    from napari_xt._writer import write_xt_geojson
+
+    with pytest.raises(ValueError, match="only the 'xT classes' layers"):
+        write_xt_geojson(str(tmp_path / "x.geojson"), np.zeros((4, 4), np.uint8), {"metadata": {}})
+    assert not list(tmp_path.iterdir())
