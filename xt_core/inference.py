@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xt_core import __version__
+from xt_core import __version__, runtime
 from xt_core.errors import SlideError
 from xt_core.models.xt import XTModel
 from xt_core.slide import Slide
@@ -111,6 +111,7 @@ def predict_slide(
     """
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    runtime.configure()  # once per process: allocator settings (see xt_core/runtime.py)
     dev = resolve_device(device)
     cfg = model.config
     model = model.to(dev).eval()
@@ -146,6 +147,8 @@ def predict_slide(
             seg = torch.softmax(out["seg_logits"].float(), dim=-1)[0].cpu().numpy()
             heatmap = _layout_heatmap(seg, rows.numpy(), cols.numpy(), grid, model.tokens_per_side)
         timings["heads"] = time.perf_counter() - t0
+    del tokens, context, out
+    runtime.release_memory()  # the heap kept for the batches goes back to the system
     timings["total"] = time.perf_counter() - t_start
 
     u = cfg.seg_upsample if heatmap is not None else 1

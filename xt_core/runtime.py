@@ -2,20 +2,22 @@
 
 Measured on the reference machine (2 cores, glibc 2.36, torch 2.13 CPU; README "Figures"):
 a region encoder allocates activations of tens to hundreds of MiB on every batch (batch 8 of
-512 px regions = 32 chunks of 256 px; EfficientNet-Lite0's first stages make 64-192 MiB
-tensors). glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a
-fresh ``mmap`` and gives it back with ``munmap`` when freed, so each batch page-faults (and the
-kernel zeroes) about a gigabyte again: system time above user time, and the OpenMP threads wait
-on each other's faults. Raising ``M_MMAP_THRESHOLD`` to its 32 MiB ceiling does not help, the big
-tensors are larger than that. What helps is to stop glibc from using mmap for single blocks
-(``M_MMAP_MAX = 0``) and from trimming the heap top after each batch (``M_TRIM_THRESHOLD``), so
-freed activations are reused in place; :func:`release_memory` (``malloc_trim``) gives the unused
-memory back once a slide is done. A preloaded tcmalloc or jemalloc does the same job; then
-nothing is changed.
+512 px regions = 32 chunks of 256 px; EfficientNet-Lite0's first stages make 32-192 MiB
+tensors). glibc's malloc serves every block above its mmap threshold (dynamic, at most 32 MiB)
+with a fresh ``mmap`` and returns it with ``munmap`` when freed, so each batch page-faults
+(and the kernel zeroes) gigabytes again: system time near user time, and the OpenMP threads
+wait on each other's faults; the encoder runs at 9 regions/s instead of 22. Pinning the
+threshold at 32 MiB does not help (the big tensors are larger). :func:`configure` raises it
+to 1 GiB (where glibc refuses, it switches mmap off for single blocks instead) and keeps up to
+1 GiB of free heap top between batches, so activations are reused in place: no page faults,
+faster than a preloaded tcmalloc. :func:`release_memory` (``malloc_trim``, called by
+``predict_slide`` at the end of a slide) gives the kept memory back to the system. Where
+tcmalloc, jemalloc or mimalloc is already preloaded, nothing is changed.
 
 Everything here is idempotent, cheap, and safe elsewhere: on a C library other than glibc
 (musl, macOS, Windows) the allocator is left alone; CUDA is not touched; torch's thread count
-is kept unless ``XT_NUM_THREADS`` says otherwise. ``XT_NO_TUNING=1`` turns all of it off.
+is kept (one per core measured best, with 2 reader threads on 2 cores) unless
+``XT_NUM_THREADS`` says otherwise. ``XT_NO_TUNING=1`` leaves the allocator alone.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["configure", "applied", "release_memory", "preloaded_allocator", "tcmalloc_path",
-           "reexec_with_tcmalloc"]
+__all__ = ["configure", "applied", "release_memory", "preloaded_allocator", "glibc_version", "tcmalloc_path"]
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -35,21 +36,14 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 
-#: What :func:`configure` sets with ``mallopt`` (glibc only).
-MALLOPT_SETTINGS: dict[str, tuple[int, int]] = {
-    # No single block gets its own mmap: big tensors come from the heap and are reused there.
-    # (glibc still falls back to mmap where the heap cannot grow, and for blocks a thread's
-    # own 64 MiB arena cannot hold, so allocation never fails because of this.)
-    "M_MMAP_MAX": (M_MMAP_MAX, 0),
-    # Keep up to 2 GiB of free heap top instead of trimming it after every batch; the memory
-    # goes back to the system at release_memory() (end of predict_slide).
-    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2**31 - 1),
-    # Grow the heap 64 MiB at a time: fewer brk calls.
-    "M_TOP_PAD": (M_TOP_PAD, 64 << 20),
-}
+#: Blocks below this come from the heap, not from their own mmap: every activation of a batch.
+MMAP_THRESHOLD = 1 << 30
+#: Free memory at the heap top kept for the next batch instead of being trimmed after this one.
+TRIM_THRESHOLD = 1 << 30
+#: The heap grows by this much at a time (fewer brk calls).
+TOP_PAD = 64 << 20
 
 _PRELOADED_NAMES = ("libtcmalloc", "libjemalloc", "libmimalloc")
-_REEXEC_GUARD = "XT_REEXECED"
 
 _lock = threading.Lock()
 _applied: dict[str, Any] | None = None
@@ -130,32 +124,6 @@ def tcmalloc_path() -> str | None:
     return None
 
 
-def reexec_with_tcmalloc(argv: list[str] | None = None) -> None:
-    """Replace this process by itself with tcmalloc preloaded, where that is possible and wanted.
-
-    Opt-in (``XT_ALLOCATOR=tcmalloc``): measured, the glibc settings of :func:`configure`
-    give the same speed without a second process start. Does nothing (returns) when
-    ``XT_NO_REEXEC=1``, when this process was already re-executed, when an allocator is
-    already preloaded, off Linux, or when the library is not installed.
-    """
-    if os.environ.get("XT_ALLOCATOR", "").lower() != "tcmalloc":
-        return
-    if os.environ.get("XT_NO_REEXEC") == "1" or os.environ.get(_REEXEC_GUARD) == "1":
-        return
-    if not sys.platform.startswith("linux") or preloaded_allocator() is not None:
-        return
-    lib = tcmalloc_path()
-    if lib is None:
-        return
-    env = dict(os.environ)
-    env[_REEXEC_GUARD] = "1"
-    env["LD_PRELOAD"] = f"{lib} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else lib
-    args = [sys.executable, *(sys.orig_argv[1:] if argv is None and hasattr(sys, "orig_argv") else (argv or sys.argv))]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, args, env)
-
-
 # --------------------------------------------------------------------------------------
 
 
@@ -185,7 +153,15 @@ def _configure_allocator() -> dict[str, Any]:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     done = {}
-    for name, (param, value) in MALLOPT_SETTINGS.items():
+    # glibc 2.36 takes a 1 GiB mmap threshold; versions that refuse more than 32 MiB (half
+    # their heap size, below our tensors) get mmap switched off for single blocks instead.
+    # Either way glibc still maps memory where the heap cannot grow and for blocks a thread
+    # arena cannot hold, so no allocation fails because of this.
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
+        done["M_MMAP_THRESHOLD"] = MMAP_THRESHOLD
+    elif mallopt(M_MMAP_MAX, 0) == 1:
+        done["M_MMAP_MAX"] = 0
+    for name, param, value in (("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, TRIM_THRESHOLD), ("M_TOP_PAD", M_TOP_PAD, TOP_PAD)):
         if mallopt(param, value) == 1:
             done[name] = value
     _libc = libc

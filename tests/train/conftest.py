@@ -9,14 +9,11 @@ and whole groups go to one split.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Thread oversubscription makes small CPU convolutions 10x slower when other jobs share the cores.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TILES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tiles" / "lc25000_lung"
 CLASSES = ["lung_n", "lung_aca", "lung_scc"]
@@ -102,6 +99,18 @@ def tiny_model(context: str = "attention", **kw) -> dict:
                 context_kwargs=context_kwargs, tissue_threshold=0.0, **kw)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These small convolutions run best on one thread; with the cores shared by other jobs,
+    two spinning OpenMP threads make them up to 10x slower. Restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def lc25000() -> Path:
     if not TILES.is_dir():
@@ -126,3 +135,34 @@ def cmu_model(context: str, **context_kwargs) -> dict:
     return dict(classes=CLASSES, region_encoder="efficientnet_lite0", region_size=128, chunk_size=64,
                 target_mpp=2.0, token_pool=2, context_encoder=context, context_dim=32,
                 context_kwargs=context_kwargs, tissue_threshold=0.05)
+
+
+def make_segmentation_mosaics(folder: Path, *, train: int = 12, val: int = 6, seed: int = 0) -> Path:
+    """2 x 2 mosaics of tiles of mixed classes, each with a 2 x 2 px mask PNG of the tiles' classes.
+
+    Train and val tiles come from different near-duplicate groups. No slide labels: the
+    segmentation loss alone.
+    """
+    from PIL import Image
+
+    from xt_core.train.manifest import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pools: dict[str, list[list[Path]]] = {"train": [], "val": []}
+    for label in CLASSES:
+        files = sorted((TILES / label).glob("*.jpeg"))
+        groups = group_near_duplicates(files)
+        val_groups = set(sorted(set(groups.tolist()))[::3])
+        for split in pools:
+            pools[split].append([f for f, g in zip(files, groups) if (g in val_groups) == (split == "val")])
+    rows = []
+    for split, count in (("train", train), ("val", val)):
+        for s in range(count):
+            classes = rng.integers(0, len(CLASSES), 4)
+            tiles = [_tile(pools[split][c][rng.integers(len(pools[split][c]))]) for c in classes]
+            mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+            Image.fromarray(mosaic).save(folder / f"{split}-{s:02d}.png")
+            Image.fromarray(classes.reshape(2, 2).astype(np.uint8)).save(folder / f"{split}-{s:02d}.mask.png")
+            rows.append({"slide": f"{split}-{s:02d}.png", "annotation": f"{split}-{s:02d}.mask.png", "split": split})
+    return write_manifest(folder / "manifest.csv", rows)

@@ -59,13 +59,13 @@ def test_config_from_yaml_resolves_paths_and_checks_keys(tmp_path: Path) -> None
     (tmp_path / "cfg" / "run.yaml").write_text(
         "model: {classes: [a, b], context_encoder: mamba}\n"
         "manifest: ../data/m.csv\nout_dir: runs/one\nregion_weights: efficientnet_lite0_imagenet\n"
-        "augment: {hue: 0.0}\nlr: 3.0e-4\n"
+        "augment: {hue: 0.0, hed_scale: 1e-2}\nlr: 3e-4\n"  # YAML 1.1 reads 3e-4 as text
     )
     cfg = load_train_config(tmp_path / "cfg" / "run.yaml", {"epochs": 3})
     assert cfg.manifest == str(tmp_path / "cfg" / "../data/m.csv")
     assert cfg.out_dir == str(tmp_path / "cfg" / "runs/one")
     assert cfg.region_weights == "efficientnet_lite0_imagenet"
-    assert (cfg.lr, cfg.epochs, cfg.augment.hue, cfg.augment.flip) == (3e-4, 3, 0.0, True)
+    assert (cfg.lr, cfg.epochs, cfg.augment.hue, cfg.augment.hed_scale, cfg.augment.flip) == (3e-4, 3, 0.0, 0.01, True)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     (tmp_path / "bad.yaml").write_text("model: {}\nmanifest: m.csv\nout_dir: o\nlearning_rate: 1\n")
     with pytest.raises(ConfigError, match="bad.yaml: unknown training config keys: learning_rate"):

@@ -1,34 +1,102 @@
-"""``xt-slide bench read SLIDE``: throughput figures printed (and written with ``--json``)."""
+"""``xt-slide bench``: throughput and memory figures, printed (one JSON object with ``--json``).
+
+Three modes, chosen by the first word:
+
+* ``xt-slide bench [model] [--model PATH] SLIDE``: regions/s of ``predict_slide`` end to end
+  against the same region encoder on in-memory batches (the compute limit), their ratio, and
+  the peak memory. The bundled default model when ``--model`` is left out.
+* ``xt-slide bench read SLIDE``: regions/s read and decoded, 1 and 2 workers vs a sequential loop.
+* ``xt-slide bench memory [--sizes 4096,16384,32768]``: peak memory of ``predict_slide`` on
+  generated pyramidal slides of growing size, each in a fresh process.
+
+A slide whose file is literally named ``read``, ``memory`` or ``model`` is given as ``./read``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from xt_core.cli._options import positive_float, positive_int
+from xt_core.cli._options import non_negative_int, positive_float, positive_int
 
-MODES = ("read",)
+MODES = ("model", "read", "memory")
+DEFAULT_SIZES = (4096, 16384, 32768)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text!r}") from None
+    if not sizes or any(s < 512 or s % 512 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be multiples of 512 px: {text!r}")
+    return sizes
 
 
 def add_parser(sub, name: str, parents) -> None:
-    p = sub.add_parser(name, parents=parents, help="measure throughput (bench read SLIDE)")
-    p.add_argument("mode", choices=MODES, help="read: regions/s read and decoded, 1 and 2 workers vs a sequential loop")
-    p.add_argument("slide")
-    p.add_argument("--region-size", type=positive_int, default=512)
-    p.add_argument("--target-mpp", type=positive_float, default=None,
-                   help="working resolution (default: the slide's level 0)")
-    p.add_argument("--mpp", type=positive_float, default=None, help="the slide's mpp if its header has none")
+    p = sub.add_parser(
+        name, parents=parents,
+        help="measure throughput and memory (bench SLIDE | bench read SLIDE | bench memory)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("words", nargs="+", metavar="[MODE] SLIDE",
+                   help="SLIDE (model mode), 'read SLIDE', 'model SLIDE' or 'memory'")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="checkpoint folder or file (default: the bundled default model)")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--seconds", type=positive_float, default=3.0, help="minimum time per configuration")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="reader threads (model, memory)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="model mode: runs of each measurement, the best is kept")
+    p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES,
+                   help="memory mode: square slide sizes in px (default 4096,16384,32768)")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="memory mode: write the generated slides to DIR and keep them")
+    p.add_argument("--region-size", type=positive_int, default=512, help="read mode")
+    p.add_argument("--target-mpp", type=positive_float, default=None,
+                   help="read: working resolution (default level 0); memory: overrides the model's "
+                        "(e.g. 2 for a quick run with 16x fewer regions)")
+    p.add_argument("--mpp", type=positive_float, default=None, help="the slide's mpp if its header has none")
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="read mode: minimum time per configuration")
+    p.add_argument("--json", action="store_true", help="print one JSON object (and nothing else on stdout)")
     p.set_defaults(run=run)
 
 
+def parse_mode(words: list[str]) -> tuple[str, str | None]:
+    """``(mode, slide)`` from the positional words; ValueError with a usage message if wrong."""
+    first, rest = words[0], words[1:]
+    if first in MODES:
+        mode = first
+        if mode == "memory":
+            if rest:
+                raise ValueError(f"bench memory takes no slide (got {' '.join(rest)!r})")
+            return mode, None
+        if len(rest) != 1:
+            raise ValueError(f"bench {mode} needs exactly one SLIDE")
+        return mode, rest[0]
+    if rest:
+        raise ValueError(f"unknown bench mode {first!r}: use 'bench SLIDE', 'bench read SLIDE' or 'bench memory'")
+    return "model", first
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        mode, slide = parse_mode(args.words)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if mode == "read":
+        return _run_read(args, slide)
+    if mode == "memory":
+        return _run_memory(args)
+    return _run_model(args, slide)
+
+
+def _run_read(args: argparse.Namespace, slide: str) -> int:
     from xt_core.bench import read_benchmark
 
     result = read_benchmark(
-        args.slide, region_size=args.region_size, target_mpp=args.target_mpp, batch_size=args.batch_size,
+        slide, region_size=args.region_size, target_mpp=args.target_mpp, batch_size=args.batch_size,
         min_seconds=args.seconds, mpp=args.mpp,
     )
     if args.json:
@@ -41,3 +109,71 @@ def run(args: argparse.Namespace) -> int:
     for name, rate in result.regions_per_s.items():
         print(f"  {name:<22} {rate:8.1f} regions/s  ({rate / base:.2f}x)")
     return 0
+
+
+def _check_slide(path: str) -> None:
+    from xt_core.slide.open import _check_file  # the same one-line errors as every command
+    from pathlib import Path
+
+    _check_file(Path(path))
+
+
+def _run_model(args: argparse.Namespace, slide: str) -> int:
+    from xt_core import runtime
+    from xt_core.bench import model_benchmark
+
+    _check_slide(slide)
+    runtime.configure()
+    result = model_benchmark(slide, args.model, batch_size=args.batch_size, workers=args.workers,
+                             repeats=args.repeats, mpp=args.mpp)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_model_result(result))
+    return 0
+
+
+def format_model_result(r: dict) -> str:
+    e2e, enc = r["end_to_end"], r["encoder_only"]
+    rt = r["runtime"]
+    lines = [
+        f"{r['slide']}: {r['regions']} of {r['regions_total']} regions ({r['region_size']} px at "
+        f"{r['target_mpp']} um/px), batch {r['batch_size']}, {r['workers']} reader workers, {r['device']}",
+        f"model: {r['model']}",
+        f"runtime: allocator {rt.get('allocator')}, torch threads {rt.get('torch_threads')} of "
+        f"{rt.get('cpu_count')} CPUs, channels-last {r['channels_last']}",
+        "",
+        f"  {'':<24}{'regions/s':>10}{'cpu user s':>12}{'cpu sys s':>11}",
+        f"  {'end to end':<24}{r['end_to_end_regions_per_s']:>10.2f}{e2e['cpu_user_s']:>12.1f}{e2e['cpu_sys_s']:>11.1f}",
+        f"  {'encoder only':<24}{r['encoder_only_regions_per_s']:>10.2f}{enc['cpu_user_s']:>12.1f}{enc['cpu_sys_s']:>11.1f}",
+        f"  {'ratio':<24}{r['ratio']:>10.3f}",
+        "",
+        f"  predict_slide wall {e2e['total_s']:.1f} s (encode stage {e2e['encode_s']:.1f} s, waiting on reads "
+        f"{e2e['read_wait_s']:.1f} s); best of {r['repeats']}",
+        f"  peak RSS {r['peak_rss_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+def _run_memory(args: argparse.Namespace) -> int:
+    from xt_core.bench import memory_benchmark
+
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = memory_benchmark(args.sizes, model=args.model, batch_size=args.batch_size, workers=args.workers,
+                              target_mpp=args.target_mpp, workdir=args.keep, keep=args.keep is not None,
+                              progress=progress)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_memory_result(result))
+    return 0
+
+
+def format_memory_result(r: dict) -> str:
+    lines = [f"  {'slide px':>9}{'regions':>9}{'peak RSS MB':>13}{'regions/s':>11}{'wall s':>8}"]
+    for run in r["runs"]:
+        lines.append(f"  {run['size_px']:>9}{run['regions']:>9}{run['peak_rss_mb']:>13.0f}"
+                     f"{run['regions_per_s']:>11.1f}{run['total_s']:>8.0f}")
+    sizes = r["sizes"]
+    lines.append(f"  peak RSS {sizes[-1]} px / {sizes[0]} px: {r['peak_rss_ratio']:.3f}")
+    return "\n".join(lines)

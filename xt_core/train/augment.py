@@ -74,6 +74,15 @@ class AugmentConfig:
             raise ValueError(f"unknown augment keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**data)
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "enabled" and isinstance(value, str):  # YAML 1.1 reads 1e-2 as text
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ValueError(f"augment {f.name} must be a number, got {value!r}") from None
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

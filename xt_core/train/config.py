@@ -71,6 +71,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         if isinstance(self.augment, (Mapping, bool)) or self.augment is None:
             self.augment = AugmentConfig.from_dict(self.augment)  # type: ignore[arg-type]
         problems = []
@@ -100,6 +101,25 @@ class TrainConfig:
             problems.append("model must be an XTConfig mapping or the path of a checkpoint to fine-tune")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _coerce_numbers(self) -> None:
+        """YAML 1.1 reads ``1e-4`` (no dot) as a string: numbers given as text become numbers."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str) or f.name == "model":
+                continue
+            kind = str(f.type)
+            try:
+                if "float" in kind:
+                    setattr(self, f.name, float(value))
+                elif kind.startswith("int"):
+                    setattr(self, f.name, int(value))
+            except ValueError:
+                raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+
+    def error(self, reason: str) -> ConfigError:
+        """A :class:`ConfigError` naming the config file (or, for a config built in code, out_dir)."""
+        return ConfigError(getattr(self, "source", None) or self.out_dir, reason)
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +184,8 @@ def load_train_config(path: str | os.PathLike, overrides: Mapping[str, Any] | No
         raise ConfigError(path, "the config must be a mapping of keys to values")
     data.update(overrides or {})
     try:
-        return TrainConfig.from_dict(data, base=path.parent)
+        cfg = TrainConfig.from_dict(data, base=path.parent)
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, str(exc)) from None
+    cfg.source = str(path)  # not a config key: where errors found later point to
+    return cfg

@@ -119,9 +119,17 @@ def prepare_slides(
     numbered_rows: Iterable[tuple[int, ManifestRow]],
     config: XTConfig,
     tokens_per_side: int,
+    *,
+    progress: bool = False,
+    desc: str = "preparing slides",
     **kwargs,
 ) -> list[PreparedSlide]:
-    return [prepare_slide(n, row, config, tokens_per_side, **kwargs) for n, row in numbered_rows]
+    """:func:`prepare_slide` for ``(manifest place, row)`` pairs (see :func:`numbered`)."""
+    from tqdm.auto import tqdm
+
+    items = list(numbered_rows)
+    return [prepare_slide(n, row, config, tokens_per_side, **kwargs)
+            for n, row in tqdm(items, desc=desc, disable=not progress or not items, leave=False)]
 
 
 def numbered(all_rows: Sequence[ManifestRow], chosen: Sequence[ManifestRow]) -> list[tuple[int, ManifestRow]]:

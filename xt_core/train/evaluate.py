@@ -15,7 +15,6 @@ order of ``classes``. AUC is one-vs-rest macro (``None`` when undefined).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -27,9 +26,8 @@ from xt_core.models.xt import XTModel
 from xt_core.train.annotations import IGNORE_INDEX
 from xt_core.train.data import PreparedSlide, numbered, prepare_slides
 from xt_core.train.manifest import Manifest, read_manifest
-from xt_core.train.metrics import classification_metrics, confusion_matrix
-from xt_core.train.metrics import balanced_accuracy, macro_f1
-from xt_core.train.streaming import AmpFactory, LossWeights, forward_regions, slide_loss
+from xt_core.train.metrics import balanced_accuracy, classification_metrics, confusion_matrix, macro_f1
+from xt_core.train.streaming import LossWeights, forward_regions, slide_loss
 
 __all__ = ["evaluate", "evaluate_prepared"]
 

@@ -40,7 +40,8 @@ Optional (default):
 ``train_split`` ("train"), ``val_split`` ("val"; null: no validation).
 ``monitor`` ("val_balanced_accuracy")  the metrics.jsonl key that picks ``best/``; keys
                         with ``loss`` in their name are minimised, others maximised. Without a
-                        validation split, ``train_loss`` is used.
+                        validation split, ``train_loss`` is used; when the key is missing (no
+                        slide labels), ``val_seg_accuracy``, else ``val_loss``.
 ``tissue_threshold``    (null: the model's) tissue fraction a region needs; <= 0: all regions.
 ``annotation_class_map`` (null) GeoJSON class names -> model classes (``"*"``: any other; null value: drop).
 ``annotation_min_coverage`` (0.5), ``annotation_oversample`` (4): see annotations.py.
@@ -340,8 +341,8 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
     manifest.check_labels(model.config.classes)
     mcfg = model.config
     if cfg.mode == "xl_detached" and mcfg.context_encoder != "transformer_xl":
-        raise ConfigError(cfg.manifest, f"mode xl_detached needs context_encoder transformer_xl, the model has "
-                                        f"{mcfg.context_encoder}")
+        raise cfg.error(f"mode xl_detached needs context_encoder transformer_xl, the model has "
+                        f"{mcfg.context_encoder}")
     train_rows = manifest.split(cfg.train_split)
     if not train_rows:
         raise ConfigError(manifest.path, f"no rows in the training split {cfg.train_split!r} "
@@ -351,8 +352,10 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
                        min_coverage=cfg.annotation_min_coverage, oversample=cfg.annotation_oversample,
                        annotations=cfg.segmentation_weight > 0)
     t = model.tokens_per_side
-    train = prepare_slides(numbered(manifest.rows, train_rows), mcfg, t, **prep_kwargs)
-    val = prepare_slides(numbered(manifest.rows, val_rows), mcfg, t, **prep_kwargs)
+    train = prepare_slides(numbered(manifest.rows, train_rows), mcfg, t, progress=cfg.progress,
+                           desc="preparing training slides", **prep_kwargs)
+    val = prepare_slides(numbered(manifest.rows, val_rows), mcfg, t, progress=cfg.progress,
+                         desc="preparing validation slides", **prep_kwargs)
     _check_targets(train, cfg, model)
 
     weights = LossWeights(cfg.classification_weight, cfg.segmentation_weight, cfg.label_smoothing)
@@ -382,6 +385,8 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
         start_epoch = int(meta["epoch"]) + 1
         global_step = int(meta["global_step"])
         best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
+        monitor = meta.get("monitor", monitor)
+        direction = _monitor_direction(monitor)
         _truncate_metrics(out / METRICS, int(meta["epoch"]))
     else:
         (out / METRICS).unlink(missing_ok=True)
@@ -450,6 +455,11 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
         record["time_s"] = round(time.perf_counter() - t0, 3)
 
         folder = out / f"epoch-{epoch:03d}"
+        if monitor not in record:  # e.g. val_balanced_accuracy for a model without slide labels
+            fallback = next(k for k in ("val_seg_accuracy", "val_loss", "train_loss") if k in record)
+            if cfg.progress:
+                print(f"note: no {monitor} in the metrics; choosing best/ by {fallback}", file=sys.stderr)
+            monitor, direction = fallback, _monitor_direction(fallback)
         value = record.get(monitor)
         improved = _better(value, best_value, direction)
         if improved:
@@ -524,7 +534,7 @@ def _check_targets(train: list[PreparedSlide], cfg: TrainConfig, model: XTModel)
                                             "(no label for the classification loss, no annotation for the "
                                             "segmentation loss)")
     if any(p.row.annotation is not None for p in train) and cfg.segmentation_weight > 0 and model.segmenter is None:
-        raise ConfigError(cfg.manifest, "the manifest has annotations but the model has no segmentation head "
+        raise cfg.error("the manifest has annotations but the model has no segmentation head "
                                         "(set segmentation: true in the model config, or segmentation_weight: 0)")
 
 

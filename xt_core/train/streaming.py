@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator, Protocol, Sequence
+from typing import Callable, ContextManager, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -445,6 +445,3 @@ def forward_features(
         out = model.heads(model.contextualize(model.proj(features.to(device)), rows, cols))
     return {k: _full(v) for k, v in out.items()}
 
-
-def count_trainable(params: Sequence[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params if p.requires_grad)
