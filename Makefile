@@ -14,7 +14,7 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-i
 	libxcb-shm0 libxcb-glx0 libx11-xcb1 libxkbcommon-x11-0 libgl1 libegl1 libgl1-mesa-dri \
 	libglx-mesa0 libfontconfig1 libdbus-1-3
 
-.PHONY: setup system-deps sample demo test test-slow bench clean
+.PHONY: setup system-deps sample demo test test-slow bench default-model clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,9 @@ sample: setup
 demo: setup sample
 	@slide=$$($(PY) -m xt_core.sample_data); \
 	$(XT) info "$$slide" && \
-	$(XT) tissue "$$slide" --out $(DEMO_OUT)/CMU-1-Small-Region.tissue.png
+	$(XT) tissue "$$slide" --out $(DEMO_OUT)/CMU-1-Small-Region.tissue.png && \
+	$(XT) segment "$$slide" --out $(DEMO_OUT) && \
+	echo "demo outputs in $(DEMO_OUT)/:" && ls -1 $(DEMO_OUT)
 
 test: setup system-deps sample
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -49,6 +51,11 @@ test-slow: setup system-deps sample
 
 bench: setup sample
 	$(PY) bench/run_read_bench.py
+	$(PY) bench/run_model_bench.py
+	$(PY) bench/run_memory_bench.py
+
+default-model: setup
+	$(PY) recipes/default_model/make_default_model.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
