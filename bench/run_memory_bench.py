@@ -20,6 +20,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--target-mpp", type=float, default=None)
+    parser.add_argument("--backend", default="auto", help="reader for open_slide (default auto, as the CLI)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -27,7 +28,7 @@ def main() -> int:
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     result = memory_benchmark(sizes, model=args.model, batch_size=args.batch_size, workers=args.workers,
-                              target_mpp=args.target_mpp,
+                              target_mpp=args.target_mpp, backend=args.backend,
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(result))
@@ -38,13 +39,13 @@ def main() -> int:
           f"model: {run0['model'].split(':')[0]}; batch {result['batch_size']}, {result['workers']} reader workers; "
           f"allocator: {run0['runtime'].get('allocator')}")
     print()
-    print("| slide (px, 0.5 um/px) | file MiB | regions encoded / grid | peak RSS MB | RSS after model load MB "
-          "| regions/s | predict_slide s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| slide (px, 0.5 um/px) | file MiB | regions encoded / grid | reader | peak RSS MB "
+          "| peak after model load / after open_slide MB | regions/s | predict_slide s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
-        print(f"| {r['size_px']} | {r['slide_mib']:.0f} | {r['regions']} / {r['regions_total']} | "
-              f"{r['peak_rss_mb']:.0f} | {r['rss_after_model_load_mb']:.0f} | {r['regions_per_s']:.1f} | "
-              f"{r['total_s']:.0f} |")
+        print(f"| {r['size_px']} | {r['slide_mib']:.0f} | {r['regions']} / {r['regions_total']} | {r['backend']} | "
+              f"{r['peak_rss_mb']:.0f} | {r['peak_rss_after_model_load_mb']:.0f} / {r['peak_rss_after_open_slide_mb']:.0f} | "
+              f"{r['regions_per_s']:.1f} | {r['total_s']:.0f} |")
     print()
     print(f"Peak RSS {sizes[-1]} px / {sizes[0]} px: **{result['peak_rss_ratio']:.2f}**")
     return 0

@@ -59,6 +59,18 @@ def test_checkpoint_is_shipped_small_and_safe() -> None:
     assert "diagnosis" in record["not_for"]
 
 
+def test_held_out_tiles_are_the_recipes_test_split() -> None:
+    """The recipe's split (recipes/default_model/split.json): whole near-duplicate groups per split."""
+    split_file = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "split.json"
+    tiles = json.loads(split_file.read_text(encoding="utf-8"))["tiles"]
+    record = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text(encoding="utf-8"))
+    assert sorted(t for t, v in tiles.items() if v["split"] == "test") == record["heldout_test_tiles"]
+    split_of_group: dict[str, str] = {}
+    for v in tiles.values():
+        assert split_of_group.setdefault(v["group"], v["split"]) == v["split"]  # no group crosses a split
+    assert {v["split"] for v in tiles.values()} == {"train", "val", "test"} and len(tiles) == 300
+
+
 def test_loads_as_float32_model(model) -> None:
     assert model.config.classes == CLASSES and not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -200,3 +200,14 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path: Path) -> None:
         assert got.dtype == value.dtype
         if value.is_floating_point():
             torch.testing.assert_close(got, value.half().to(value.dtype))
+
+
+def test_saving_is_deterministic(tmp_path: Path) -> None:
+    import hashlib
+
+    model = create_model(tiny_config("none"))
+    digests = set()
+    for k in range(4):
+        folder = save_model(model, tmp_path / f"c{k}")
+        digests.add(hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -454,6 +454,7 @@ def memory_benchmark(
     target_mpp: float | None = None,
     workdir: str | os.PathLike | None = None,
     keep: bool = False,
+    backend: str = "auto",
     progress=None,
 ) -> dict:
     """Peak memory of predict_slide on generated slides of growing size, each in a fresh process.
@@ -462,6 +463,8 @@ def memory_benchmark(
     loads the model and runs :func:`~xt_core.inference.predict_slide` on it, reporting its own
     peak RSS (``ru_maxrss``), so the figures do not carry over between sizes. ``target_mpp``
     overrides the model's working resolution (e.g. 2.0: 16x fewer regions, for a quick run).
+    Each run also reports its peak right after loading the model and right after
+    ``open_slide(backend=backend)``, so it shows where the memory goes.
     """
     import json
     import subprocess
@@ -483,7 +486,7 @@ def memory_benchmark(
             if progress:
                 progress(f"{size} px: slide written in {made:.0f} s ({slide.stat().st_size / 2**20:.0f} MiB), running")
             cmd = [sys.executable, "-m", "xt_core.bench", "_memory_child", str(slide),
-                   "--batch-size", str(batch_size), "--workers", str(workers)]
+                   "--batch-size", str(batch_size), "--workers", str(workers), "--backend", backend]
             if model is not None:
                 cmd += ["--model", str(model)]
             if target_mpp is not None:
@@ -511,6 +514,7 @@ def memory_benchmark(
         "batch_size": batch_size,
         "workers": workers,
         "target_mpp": target_mpp,
+        "backend": backend,
         "machine": machine_info(),
         "workdir": str(folder) if keep else None,
     }
@@ -533,13 +537,16 @@ def _memory_child(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--target-mpp", type=float, default=None)
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
     applied = runtime.configure()
     model, description = load_bench_model(args.model)
     if args.target_mpp is not None:
         model.config.target_mpp = args.target_mpp
     rss_model = psutil.Process().memory_info().rss / 2**20
-    with open_slide(args.slide) as slide:
+    peak_model = _peak_rss_mb()
+    with open_slide(args.slide, backend=args.backend) as slide:
+        peak_open = _peak_rss_mb()
         try:
             result = predict_slide(model, slide, batch_size=args.batch_size, workers=args.workers, device="cpu")
         except SlideError:  # no tissue found (a tiny slide): measure on every region
@@ -552,6 +559,9 @@ def _memory_child(argv: list[str]) -> int:
         "levels": slide.level_count,
         "peak_rss_mb": _peak_rss_mb(),
         "rss_after_model_load_mb": round(rss_model, 1),
+        "peak_rss_after_model_load_mb": peak_model,
+        "peak_rss_after_open_slide_mb": peak_open,
+        "backend": slide.backend,
         "regions_per_s": round(result.regions_tissue / result.timings["encode"], 2),
         "total_s": round(result.timings["total"], 1),
         "model": description,

@@ -131,11 +131,13 @@ def _fmt(v) -> str:
 def write_results(path: Path, record: dict) -> None:
     h, tr, ds = record["heldout"], record["training"], record["training"]["dataset"]
     classes = record["classes"]
+    parts = tr["runtime_breakdown_s"]
     lines = [
         "# Default model `xt-lung-lc25000-v1`: results",
         "",
-        f"Written by `{COMMAND}`; do not edit by hand. Runtime {tr['runtime_s'] / 60:.1f} min "
-        f"({tr['runtime_breakdown_s']}), {tr['threads']} torch thread(s), {tr['machine']}.",
+        f"Written by `{COMMAND}`; do not edit by hand. Runtime {tr['runtime_s'] / 60:.1f} min (dataset "
+        f"{parts['dataset'] / 60:.1f}, training {parts['fit'] / 60:.1f}, evaluation {parts['evaluate'] / 60:.1f}) "
+        f"with {tr['threads']} torch thread(s) on {tr['machine']} shared with other jobs.",
         "",
         "## Data",
         "",
@@ -207,6 +209,17 @@ def write_results(path: Path, record: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _add_to_config(folder: Path, extra: dict) -> None:
+    """Merge ``extra`` into a checkpoint's config.json (as ``save_model(extra=...)`` lays it out), atomically."""
+    from xt_core.outputs.atomic import atomic_path
+
+    path = folder / "config.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(extra)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- main
@@ -297,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     training["runtime_breakdown_s"] = {"dataset": round(t_data, 1), "fit": round(t_fit, 1), "evaluate": round(t_eval, 1)}
     training["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs"
     extra["heldout"] = heldout
-    # the same weights again (identical bytes), the config now with the figures
-    save_model(best, out, extra=extra, dtype=torch.float16)
+    # The figures go into config.json only: model.safetensors stays the file they were measured
+    # on (re-saving would give the same tensors, but safetensors writes its metadata in hash-map
+    # order, so the bytes and the sha256 could differ).
+    _add_to_config(out, extra)
     assert load_model(out).weights_sha256 == shipped.weights_sha256
     SPLIT_JSON.write_text(json.dumps({
         "note": "written by make_default_model.py: each LC25000 tile's near-duplicate group and split",

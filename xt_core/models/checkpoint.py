@@ -44,7 +44,9 @@ def save_model(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         state[key] = value
-    metadata = {"format": "napari-xt", "xt_slide_version": __version__}
+    # One key only: safetensors writes a metadata dict in no fixed order, and the same
+    # weights must give the same bytes (and sha256) every time they are saved.
+    metadata = {"format": f"napari-xt {__version__}"}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     record = {"config": model.config.to_dict(), "xt_slide_version": __version__, **(extra or {})}
