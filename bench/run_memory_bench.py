@@ -44,7 +44,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         print(f"| {r['size_px']} | {r['slide_mib']:.0f} | {r['regions']} / {r['regions_total']} | {r['backend']} | "
-              f"{r['peak_rss_mb']:.0f} | {r['peak_rss_after_model_load_mb']:.0f} / {r['peak_rss_after_open_slide_mb']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['peak_rss_after_model_load_mb']:.0f} / "
+              f"{r['peak_rss_after_open_slide_mb']:.0f} | "
               f"{r['regions_per_s']:.1f} | {r['total_s']:.0f} |")
     print()
     print(f"Peak RSS {sizes[-1]} px / {sizes[0]} px: **{result['peak_rss_ratio']:.2f}**")

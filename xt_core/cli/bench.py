@@ -85,6 +85,9 @@ def parse_mode(words: list[str]) -> tuple[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xt_core import runtime
+
+    runtime.prepare_process()  # before torch is imported (see xt_core/runtime.py)
     try:
         mode, slide = parse_mode(args.words)
     except ValueError as exc:
@@ -145,12 +148,14 @@ def format_model_result(r: dict) -> str:
         f"{r['slide']}: {r['regions']} of {r['regions_total']} regions ({r['region_size']} px at "
         f"{r['target_mpp']} um/px), batch {r['batch_size']}, {r['workers']} reader workers, {r['device']}",
         f"model: {r['model']}",
-        f"runtime: allocator {rt.get('allocator')}, torch threads {rt.get('torch_threads')} of "
-        f"{rt.get('cpu_count')} CPUs, channels-last {r['channels_last']}",
+        f"runtime: allocator {rt.get('allocator')}, OpenMP wait policy {rt.get('omp_wait_policy')}, "
+        f"torch threads {rt.get('torch_threads')} of {rt.get('cpu_count')} CPUs, channels-last {r['channels_last']}",
         "",
         f"  {'':<24}{'regions/s':>10}{'cpu user s':>12}{'cpu sys s':>11}",
-        f"  {'end to end':<24}{r['end_to_end_regions_per_s']:>10.2f}{e2e['cpu_user_s']:>12.1f}{e2e['cpu_sys_s']:>11.1f}",
-        f"  {'encoder only':<24}{r['encoder_only_regions_per_s']:>10.2f}{enc['cpu_user_s']:>12.1f}{enc['cpu_sys_s']:>11.1f}",
+        f"  {'end to end':<24}{r['end_to_end_regions_per_s']:>10.2f}"
+        f"{e2e['cpu_user_s']:>12.1f}{e2e['cpu_sys_s']:>11.1f}",
+        f"  {'encoder only':<24}{r['encoder_only_regions_per_s']:>10.2f}"
+        f"{enc['cpu_user_s']:>12.1f}{enc['cpu_sys_s']:>11.1f}",
         f"  {'ratio':<24}{r['ratio']:>10.3f}",
         "",
         f"  predict_slide wall {e2e['total_s']:.1f} s (encode stage {e2e['encode_s']:.1f} s, waiting on reads "
