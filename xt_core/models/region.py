@@ -43,7 +43,6 @@ Every problem with a weights file is a :class:`~xt_core.errors.ModelFileError`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -54,6 +53,7 @@ import torch
 from torch import nn
 
 from xt_core._compat import ensure_torchvision
+from xt_core._hashing import sha256_file as _sha256
 from xt_core.errors import ModelFileError
 from xt_core.models.registry import Registry
 
@@ -576,13 +576,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise ModelFileError(path, "the safetensors file holds no tensors")
     return state, metadata
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_efficientnet_lite0_package_file(path: Path) -> bool:
