@@ -115,8 +115,7 @@ def predict_slide(
     dev = resolve_device(device)
     cfg = model.config
     model = model.to(dev).eval()
-    if dev.type == "cuda" or cfg.region_encoder:  # channels-last helps convolutions on both
-        model.region_encoder.to(memory_format=torch.channels_last)
+    model.region_encoder.to(memory_format=torch.channels_last)  # faster convolutions on CPU and CUDA
     threshold = cfg.tissue_threshold if tissue_threshold is None else tissue_threshold
 
     t0 = time.perf_counter()
