@@ -531,8 +531,6 @@ def _memory_child(argv: list[str]) -> int:
     import psutil
 
     from xt_core import runtime
-
-    runtime.prepare_process()  # before torch is imported, as the command line does
     from xt_core.errors import SlideError
     from xt_core.inference import predict_slide
 

@@ -85,9 +85,6 @@ def parse_mode(words: list[str]) -> tuple[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xt_core import runtime
-
-    runtime.prepare_process()  # before torch is imported (see xt_core/runtime.py)
     try:
         mode, slide = parse_mode(args.words)
     except ValueError as exc:
