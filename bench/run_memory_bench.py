@@ -24,7 +24,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from xt_core.bench import machine_info, memory_benchmark
+    from xt_bench.memory import memory_benchmark
+    from xt_bench.reading import machine_info
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     result = memory_benchmark(sizes, model=args.model, batch_size=args.batch_size, workers=args.workers,

@@ -14,7 +14,7 @@ Then the region encoder alone on in-memory batches: contiguous (NCHW) vs channel
 untouched vs tuned, and OMP_WAIT_POLICY=PASSIVE. "vs best encoder" divides each end-to-end
 figure by the best encoder-only figure of any configuration for that model.
 
-The slide is a generated 8192 px pyramid of real H&E tiles (``xt_core.bench.make_bench_slide``)
+The slide is a generated 8192 px pyramid of real H&E tiles (``xt_bench.slides.make_bench_slide``)
 unless ``--slide`` is given. Figures are best-of-N on whatever else the machine is doing; the
 load average before and after each run is printed beside it.
 """
@@ -33,7 +33,7 @@ ENCODER_CHILD = r"""
 import json, sys
 import torch
 from xt_core import runtime
-from xt_core.bench import encoder_benchmark, load_bench_model
+from xt_bench.model import encoder_benchmark, load_bench_model
 applied = runtime.configure()
 model, _ = load_bench_model(sys.argv[1] or None)
 if sys.argv[2] == "channels_last":
@@ -139,7 +139,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from xt_core.bench import machine_info, make_bench_slide, standin_model
+    from xt_bench.model import standin_model
+    from xt_bench.reading import machine_info
+    from xt_bench.slides import make_bench_slide
+
     from xt_core.models.checkpoint import save_model
     from xt_core.runtime import tcmalloc_path
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from xt_core.bench import machine_info, read_benchmark
+from xt_bench.reading import machine_info, read_benchmark
 from xt_core.sample_data import sample_slide_path
 
 SHARED_SLIDES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides"

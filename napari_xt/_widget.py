@@ -128,8 +128,9 @@ class XTWidget(Container):
 def _predict(path: str, model_dir: str | None, device: str, batch_size: int) -> "SlideResult":
     from xt_core.api import resolve_model
     from xt_core.inference import predict_slide
+    from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
 
     model = resolve_model(model_dir)
     with open_slide(path) as slide:
-        return predict_slide(model, slide, device=device, batch_size=batch_size)
+        return predict_slide(model, slide, RunSettings(device=device, batch_size=batch_size))

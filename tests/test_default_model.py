@@ -92,6 +92,7 @@ def test_classifies_held_out_tiles_well_above_chance(model, tmp_path: Path) -> N
     from PIL import Image
 
     from xt_core.inference import predict_slide
+    from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
 
     if not TILES.is_dir():
@@ -116,7 +117,7 @@ def test_classifies_held_out_tiles_well_above_chance(model, tmp_path: Path) -> N
         names = [picks[c].pop() for c in layout]
         path = _mosaic([tile(n) for n in names], tmp_path / f"s{k}.tif")
         with open_slide(path) as slide:
-            result = predict_slide(model, slide, device="cpu", workers=0)
+            result = predict_slide(model, slide, RunSettings(device="cpu", workers=0))
         assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-4)
         correct_slides += result.prediction == label
         heat = result.heatmap  # (4, 4, 3): 2 x 2 tokens per tile

@@ -11,6 +11,7 @@ import torch
 
 from xt_core import ModelFileError, SlideError, open_slide
 from xt_core.inference import predict_slide
+from xt_core.settings import RunSettings
 from xt_core.models.checkpoint import load_model, save_model
 from xt_core.models.config import XTConfig
 from xt_core.models.xt import create_model
@@ -59,7 +60,7 @@ def slide(slides_dir: Path):
 def test_mamba_streamed_equals_whole_pass(slide) -> None:
     torch.manual_seed(0)
     streamed_model = create_model(tiny_config("mamba", depth=2, segment_len=8)).eval()
-    result = predict_slide(streamed_model, slide, batch_size=3, workers=2)
+    result = predict_slide(streamed_model, slide, RunSettings(batch_size=3, workers=2))
     whole_model = create_model(tiny_config("mamba", depth=2, segment_len=100_000)).eval()
     whole_model.load_state_dict(streamed_model.state_dict())
     probs, seg = whole_pass(whole_model, slide)
@@ -71,7 +72,7 @@ def test_transformer_xl_streamed_equals_whole_pass_when_memory_covers_it(slide) 
     """Causal XL in segments of 8 tokens, memory covering the sequence, equals one segment."""
     torch.manual_seed(0)
     streamed = create_model(tiny_config("transformer_xl", depth=2, segment_len=8, mem_len=10_000, causal=True)).eval()
-    result = predict_slide(streamed, slide, batch_size=4, workers=2)
+    result = predict_slide(streamed, slide, RunSettings(batch_size=4, workers=2))
     whole = create_model(tiny_config("transformer_xl", depth=2, segment_len=10_000, causal=True)).eval()
     whole.load_state_dict(streamed.state_dict())
     probs, seg = whole_pass(whole, slide)
@@ -86,15 +87,15 @@ def test_transformer_xl_streamed_equals_whole_pass_when_memory_covers_it(slide) 
 def test_batch_size_and_workers_do_not_change_results(slide) -> None:
     torch.manual_seed(1)
     model = create_model(tiny_config("attention", depth=1)).eval()
-    a = predict_slide(model, slide, batch_size=1, workers=0)
-    b = predict_slide(model, slide, batch_size=16, workers=2)
+    a = predict_slide(model, slide, RunSettings(batch_size=1, workers=0))
+    b = predict_slide(model, slide, RunSettings(batch_size=16, workers=2))
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
     np.testing.assert_allclose(np.nan_to_num(a.heatmap, nan=-1), np.nan_to_num(b.heatmap, nan=-1), atol=1e-5)
 
 
 def test_result_geometry_and_skipped_regions(slide) -> None:
     model = create_model(tiny_config("none")).eval()
-    result = predict_slide(model, slide, batch_size=8)
+    result = predict_slide(model, slide, RunSettings(batch_size=8))
     grid = result.grid
     t = model.tokens_per_side
     assert result.heatmap.shape == (grid.rows * t, grid.cols * t, 3)
@@ -115,7 +116,7 @@ def test_any_slide_shape(make_pyramid) -> None:
     path, _ = make_pyramid(333, 1001, levels=2, mpp=1.0)
     model = create_model(tiny_config("mamba", depth=1)).eval()
     with open_slide(path) as s:
-        result = predict_slide(model, s, tissue_threshold=0.0)
+        result = predict_slide(model, s, RunSettings(tissue_threshold=0.0))
     assert result.grid.rows == 2 and result.grid.cols == 4  # 167 x 501 target px in 128 px regions
     assert not np.isnan(result.heatmap).any()
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from xt_core import open_slide, runtime
-from xt_core.bench import make_bench_slide, memory_benchmark, model_benchmark, pyramid_levels, tile_pool
+from xt_bench.memory import memory_benchmark
+from xt_bench.model import model_benchmark
+from xt_bench.slides import make_bench_slide, pyramid_levels, tile_pool
 from xt_core.cli.bench import parse_mode
 from xt_core.cli.main import build_parser, main
 

@@ -1,7 +1,10 @@
 """Exception types. Every error a user can cause names the file and the reason in one line.
 
-The CLI prints ``error: <path>: <reason>`` for any :class:`XTError` and exits non-zero;
-lab scripts catch :class:`XTError` (or a subclass) to skip a bad slide and go on.
+Messages are in the engine's words (``mpp``, ``tissue threshold``), because a lab script or
+the napari widget meets them as often as the CLI does. An error that has a remedy keeps it
+apart in ``fix``; the CLI swaps in its own flag for it (``xt_core.cli._options.error_line``).
+The CLI prints ``error: <path>: <reason>`` for any :class:`XTError` and exits non-zero; lab
+scripts catch :class:`XTError` (or a subclass) to skip a bad slide and go on.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ class XTError(Exception):
 
 
 class PathError(XTError):
-    """An error about one file: ``str(err)`` is ``"<path>: <reason>"``."""
+    """An error about one file: ``str(err)`` is ``"<path>: <reason>"`` (``"; <fix>"`` where one is known)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str | None = None) -> None:
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.fix = fix
+        super().__init__(f"{self.path}: {reason}" + (f"; {fix}" if fix else ""))
 
 
 class SlideError(PathError):
@@ -29,13 +33,29 @@ class SlideError(PathError):
 class MissingMppError(SlideError):
     """The slide has no pixel size and the work needs one."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, why: str | None = None) -> None:
         super().__init__(
             path,
-            "the slide has no pixel size (microns per pixel) in its metadata; "
-            "pass mpp= (CLI: --mpp) with the scanner's value, e.g. 0.25 for 40x or 0.5 for 20x",
+            "the slide has no pixel size (microns per pixel) in its metadata" + (f" ({why})" if why else ""),
+            fix="give it as mpp, the scanner's value, e.g. 0.25 for 40x or 0.5 for 20x",
         )
+
+
+class NoTissueError(SlideError):
+    """No region of the slide reaches the tissue threshold."""
+
+    def __init__(self, path: str | os.PathLike, threshold: float) -> None:
+        super().__init__(path, f"no region has tissue above the threshold {threshold}",
+                         fix="lower the tissue threshold to analyse it anyway")
 
 
 class ModelFileError(PathError):
     """A model file is missing, unsafe (pickle) or does not match its config."""
+
+
+class NoDefaultModelError(ModelFileError):
+    """This install has no bundled default model and none was given."""
+
+    def __init__(self) -> None:
+        super().__init__("default model", "no bundled default model in this install",
+                         fix="give a model (a checkpoint folder)")

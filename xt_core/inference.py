@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from xt_core import __version__, runtime
-from xt_core.errors import SlideError
+from xt_core.errors import NoTissueError
 from xt_core.models.xt import XTModel
+from xt_core.settings import OptionError, RunSettings
 from xt_core.slide import Slide
 from xt_core.stream import iter_region_batches
 from xt_core.tissue import TissueMask, tissue_mask
@@ -81,56 +82,64 @@ class SlideResult:
         }
 
 
+#: ``progress(done, total)``: regions encoded so far, of all the run will encode.
+ProgressCallback = Callable[[int, int], None]
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    """``auto`` -> CUDA when present, else CPU; CUDA without a GPU is an :class:`OptionError`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise OptionError(f"unknown device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but this torch sees no CUDA GPU")
+        raise OptionError("the CUDA device was asked for, but this torch sees no CUDA GPU")
     return dev
 
 
 def predict_slide(
     model: XTModel,
     slide: Slide,
+    settings: RunSettings | None = None,
     *,
-    batch_size: int = 8,
-    workers: int = 2,
-    device: str | torch.device = "auto",
-    tissue_threshold: float | None = None,
-    amp: bool = True,
     tissue: TissueMask | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SlideResult:
     """Classify and segment ``slide`` with ``model``, streaming its regions.
 
-    ``tissue_threshold`` (default: the model's) is the tissue fraction a region needs to
-    be encoded. On CUDA: autocast (bf16 where supported, else fp16), channels-last, pinned
-    batches copied without blocking, and a batch that runs out of GPU memory is retried in
-    halves. On CPU: inference mode, channels-last, reading overlapped with compute.
+    ``settings`` (default: :class:`RunSettings` defaults) chooses the working resolution and
+    tissue threshold (the model's where unset), the device, batch size and reader threads.
+    ``tissue`` reuses a mask already computed; ``progress(done, total)`` is called after
+    every batch of regions. On CUDA: autocast (bf16 where supported, else fp16),
+    channels-last, pinned batches copied without blocking, and a batch that runs out of GPU
+    memory is retried in halves. On CPU: inference mode, channels-last, reading overlapped
+    with compute.
     """
+    settings = settings if settings is not None else RunSettings()
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     runtime.configure()  # once per process: allocator settings (see xt_core/runtime.py)
-    dev = resolve_device(device)
+    dev = resolve_device(settings.device)
     cfg = model.config
     model = model.to(dev).eval()
     model.region_encoder.to(memory_format=torch.channels_last)  # faster convolutions on CPU and CUDA
-    threshold = cfg.tissue_threshold if tissue_threshold is None else tissue_threshold
+    threshold = settings.region_threshold(cfg.tissue_threshold)
+    target_mpp = settings.working_mpp(cfg.target_mpp)
 
     t0 = time.perf_counter()
     tissue = tissue if tissue is not None else tissue_mask(slide)
-    grid = make_region_grid(slide, target_mpp=cfg.target_mpp, region_size=cfg.region_size,
+    grid = make_region_grid(slide, target_mpp=target_mpp, region_size=cfg.region_size,
                             chunk_size=cfg.chunk_size, tissue=tissue)
     indices = grid.tissue_indices(threshold)
     timings["tissue"] = time.perf_counter() - t0
     if len(indices) == 0:
-        raise SlideError(slide.path, f"no region has tissue above the threshold {threshold}; "
-                                     "lower the tissue threshold (--tissue-threshold) to analyse it anyway")
+        raise NoTissueError(slide.path, threshold)
 
-    with torch.inference_mode(), _autocast(dev, amp):
+    with torch.inference_mode(), _autocast(dev, settings.amp):
         t0 = time.perf_counter()
-        tokens, rows, cols, wait = _encode_stream(model, slide, grid, indices, dev, batch_size, workers)
+        tokens, rows, cols, wait = _encode_stream(model, slide, grid, indices, dev, settings, progress)
         timings["read_wait"] = wait
         timings["encode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -155,14 +164,14 @@ def predict_slide(
     token_size = (grid.region_size_level0[0] / per_token, grid.region_size_level0[1] / per_token)
     return SlideResult(
         slide=str(slide.path), classes=list(cfg.classes), probabilities=probabilities, heatmap=heatmap,
-        origin=(0.0, 0.0), token_size=token_size, mpp=slide.mpp, target_mpp=cfg.target_mpp, grid=grid,
+        origin=(0.0, 0.0), token_size=token_size, mpp=slide.mpp, target_mpp=target_mpp, grid=grid,
         tissue=tissue, regions_total=grid.n_regions, regions_tissue=int(len(indices)), timings=timings,
     )
 
 
 def _encode_stream(
     model: XTModel, slide: Slide, grid: RegionGrid, indices: np.ndarray, dev: torch.device,
-    batch_size: int, workers: int,
+    settings: RunSettings, progress: ProgressCallback | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Encode every chosen region, in raster order; returns tokens (N, t*t, D) on the CPU."""
     n, tpr, dim = len(indices), model.tokens_per_region, model.config.context_dim
@@ -170,8 +179,8 @@ def _encode_stream(
     rows = torch.empty(n, dtype=torch.long)
     cols = torch.empty(n, dtype=torch.long)
     filled, wait = 0, 0.0
-    batches = iter_region_batches(slide, grid, batch_size=batch_size, workers=workers, indices=indices,
-                                  as_tensor=True, pin_memory=dev.type == "cuda")
+    batches = iter_region_batches(slide, grid, batch_size=settings.batch_size, workers=settings.workers,
+                                  indices=indices, as_tensor=True, pin_memory=dev.type == "cuda")
     t_wait = time.perf_counter()
     for batch in batches:
         wait += time.perf_counter() - t_wait
@@ -182,6 +191,8 @@ def _encode_stream(
         rows[filled : filled + k] = torch.from_numpy(batch.rows)
         cols[filled : filled + k] = torch.from_numpy(batch.cols)
         filled += k
+        if progress is not None:
+            progress(filled, n)
         t_wait = time.perf_counter()
     return tokens, rows, cols, wait
 

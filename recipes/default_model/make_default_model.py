@@ -57,6 +57,7 @@ def tile_level(model, slides: list[dict], data_dir: Path, workers: int = 2) -> d
     Returns the slide-level predictions too, so that they can be checked against ``evaluate``.
     """
     from xt_core.inference import predict_slide
+from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
     from xt_core.train.metrics import classification_metrics
 
@@ -68,7 +69,7 @@ def tile_level(model, slides: list[dict], data_dir: Path, workers: int = 2) -> d
     slide_probs = []
     for s in slides:
         with open_slide(data_dir / s["slide"]) as slide:
-            result = predict_slide(model, slide, device="cpu", workers=workers)
+            result = predict_slide(model, slide, RunSettings(device="cpu", workers=workers))
         slide_probs.append(result.probabilities)
         heat = result.heatmap
         for cell in s["tiles"]:

@@ -16,7 +16,8 @@ from test_cli_info import xt_slide
 from test_inference import CLASSES, tiny_config
 from test_outputs import assert_valid_feature_collection
 
-from xt_core import api
+from xt_core import batch
+from xt_core.errors import XTError
 from xt_core.outputs.records import read_summary_csv
 
 SLIDE_NAMES = ["CMU-1-Small-Region", "broken", "OS-1-detail", "kidney-48-5"]
@@ -149,24 +150,24 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path: Path, uninterrupted,
 
 # ----------------------------------------------------------------------------- in-process
 def test_inputs_from_folders_globs_and_manifests(tmp_path: Path, manifest: Path, slides_dir: Path) -> None:
-    items = api.collect_inputs(manifest)
+    items = batch.collect_inputs(manifest)
     assert [Path(i.path).name for i in items] == ["CMU-1-Small-Region.svs", "broken.svs", "OS-1-detail.ome.tif",
                                                   "kidney-48-5.tif"]
     assert [i.mpp for i in items] == [None, None, None, 0.5]
     assert items[3].path == str(manifest.parent / "slides" / "kidney-48-5.tif")
-    folder = [Path(i.path).name for i in api.collect_inputs(slides_dir)]
+    folder = [Path(i.path).name for i in batch.collect_inputs(slides_dir)]
     assert "CMU-1-Small-Region.svs" in folder and "broken.svs" in folder and folder == sorted(folder)
-    assert [Path(i.path).name for i in api.collect_inputs(str(slides_dir / "CMU-1-Small-Region*"))] == [
+    assert [Path(i.path).name for i in batch.collect_inputs(str(slides_dir / "CMU-1-Small-Region*"))] == [
         "CMU-1-Small-Region.svs", "CMU-1-Small-Region_pyramid.ome.tiff", "CMU-1-Small-Region_pyramid_generic.tiff"]
     bad = tmp_path / "bad.csv"
     bad.write_text("file,mpp\na.svs,0.5\n")
-    with pytest.raises(api.XTError, match="bad.csv: a manifest needs a 'slide'"):
-        api.collect_inputs(bad)
+    with pytest.raises(XTError, match="bad.csv: row 1: a manifest needs a 'slide'"):
+        batch.collect_inputs(bad)
     bad.write_text("path,mpp\na.svs,zero\n")
-    with pytest.raises(api.XTError, match="line 2: mpp 'zero' is not a positive number"):
-        api.collect_inputs(bad)
-    with pytest.raises(api.XTError, match="no files match"):
-        api.collect_inputs(str(tmp_path / "*.svs"))
+    with pytest.raises(XTError, match="row 2: mpp 'zero' is not a positive number"):
+        batch.collect_inputs(bad)
+    with pytest.raises(XTError, match="no files match"):
+        batch.collect_inputs(str(tmp_path / "*.svs"))
 
 
 class _FakeModel:
@@ -184,7 +185,7 @@ def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path: Path, monkeypatch) ->
     slides = [tmp_path / f"s{i}.svs" for i in range(3)]
     calls, interrupt = [], {"s1.svs"}
 
-    def fake_analyse(path, model, settings, *, segment, out_dir):
+    def fake_analyse(path, model, settings, *, segment, out_dir, progress=None):
         calls.append(Path(path).name)
         if Path(path).name in interrupt:
             raise KeyboardInterrupt
@@ -193,18 +194,25 @@ def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path: Path, monkeypatch) ->
         (out_dir / f"{Path(path).stem}.json").write_text(json.dumps(record))
         return record
 
-    monkeypatch.setattr(api, "resolve_model", lambda model: _FakeModel())
-    monkeypatch.setattr(api, "_analyse", fake_analyse)
+    monkeypatch.setattr(batch, "resolve_model", lambda model: _FakeModel())
+    monkeypatch.setattr(batch, "analyse_slide", fake_analyse)
     out = tmp_path / "out"
     assert main(["batch", *map(str, slides), "--out", str(out), "--quiet"]) == 130
     assert calls == ["s0.svs", "s1.svs"]
     rows = read_summary_csv(out / "summary.csv")
     assert [r["status"] for r in rows] == ["done", "interrupted", "interrupted"]
     assert _files(out) == ["s0.json", "summary.csv"]
+    # from Python: the interruption carries the summary, which says so
+    calls.clear()
+    with pytest.raises(batch.BatchInterrupted) as stop:
+        batch.run_batch([str(s) for s in slides], out, resume=True, progress=False)
+    assert calls == ["s1.svs"]
+    assert stop.value.summary.interrupted and stop.value.summary.exit_code == 130
+    assert [r["status"] for r in stop.value.summary.rows] == ["done", "interrupted", "interrupted"]
     # resuming does the rest only, and ends as if nothing had happened
     calls.clear()
     interrupt.clear()
-    summary = api.run_batch([str(s) for s in slides], out, resume=True, progress=False)
+    summary = batch.run_batch([str(s) for s in slides], out, resume=True, progress=False)
     assert calls == ["s1.svs", "s2.svs"]
     assert summary.exit_code == 0 and summary.resumed == 1 and summary.done == 3
     assert [r["status"] for r in read_summary_csv(out / "summary.csv")] == ["done"] * 3

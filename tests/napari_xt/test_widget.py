@@ -9,6 +9,7 @@ import pytest
 
 from napari_xt._widget import XTWidget, heatmap_layer_data, summary_text
 from xt_core.inference import predict_slide
+from xt_core.settings import RunSettings
 from xt_core.models.checkpoint import load_model
 from xt_core.slide import open_slide
 
@@ -16,7 +17,7 @@ from xt_core.slide import open_slide
 @pytest.fixture(scope="module")
 def cmu_result(cmu_svs: Path, tiny_model_dir: Path):
     with open_slide(cmu_svs) as slide:
-        return predict_slide(load_model(tiny_model_dir), slide, batch_size=8)
+        return predict_slide(load_model(tiny_model_dir), slide, RunSettings(batch_size=8))
 
 
 def test_heatmap_pixels_centre_on_the_slide_pixels_they_cover(cmu_result) -> None:

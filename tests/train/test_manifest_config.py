@@ -38,10 +38,10 @@ def test_manifest_columns_paths_and_splits(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("path,label\nx.svs,a\n", "row 1: no 'slide' column"),
+    ("file,label\nx.svs,a\n", "row 1: a manifest needs a 'slide' \\(or 'path'\\) column; found: file, label"),
     ("slide,label\nmissing.svs,a\n", "row 2: slide 'missing.svs' not found"),
     ("slide,label\n,a\n", "row 2: the slide path is empty"),
-    ("slide,mpp\na.svs,fast\n", "row 2: mpp 'fast' is not a number"),
+    ("slide,mpp\na.svs,fast\n", "row 2: mpp 'fast' is not a positive number"),
     ("slide,annotation\na.svs,none.geojson\n", "row 2: annotation 'none.geojson' not found"),
     ("slide\n", "lists no slides"),
     ("", "empty"),

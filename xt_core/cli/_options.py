@@ -95,27 +95,50 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="longer side of the PNG preview's thumbnail (default 1024)")
 
 
-def run_kwargs(args: argparse.Namespace) -> dict:
-    """The keyword arguments of xt_core.api's functions from the parsed options."""
-    kwargs = dict(mpp=args.mpp, force_mpp=args.force_mpp, target_mpp=args.target_mpp, device=args.device,
-                  batch_size=args.batch_size, workers=args.workers, tissue_threshold=args.tissue_threshold,
-                  backend=args.backend)
-    if hasattr(args, "labels"):
-        kwargs.update(labels=args.labels, threshold=args.threshold, preview_size=args.preview_size)
-    return kwargs
+def settings_from_args(args: argparse.Namespace):
+    """The one :class:`~xt_core.settings.RunSettings` of a command, from its parsed flags.
+
+    Options a command does not have keep their defaults (``info`` has no ``--device``).
+    """
+    from dataclasses import fields
+
+    from xt_core.settings import RunSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(RunSettings) if hasattr(args, f.name)}
+    return RunSettings(**given)
+
+
+#: The CLI's own remedy for engine errors that have one (the engine words it without flags).
+def _cli_fixes() -> dict[type, str]:
+    from xt_core.errors import MissingMppError, NoDefaultModelError, NoTissueError
+
+    return {
+        MissingMppError: "pass --mpp with the scanner's value, e.g. 0.25 for 40x or 0.5 for 20x",
+        NoTissueError: "lower --tissue-threshold to analyse it anyway",
+        NoDefaultModelError: "pass --model PATH (a checkpoint folder)",
+    }
+
+
+def error_line(exc: BaseException) -> str:
+    """``error: <path>: <reason>[; <fix>]``, the fix in the command line's words."""
+    from xt_core.errors import XTError
+
+    if not isinstance(exc, XTError):
+        return f"error: internal error ({type(exc).__name__}): {exc}"
+    fix = next((text for kind, text in _cli_fixes().items() if isinstance(exc, kind)), None)
+    if fix is not None and getattr(exc, "reason", None) is not None:
+        return f"error: {exc.path}: {exc.reason}; {fix}"
+    return f"error: {exc}"
 
 
 def print_error(exc: BaseException, debug: bool, write=None) -> None:
-    """``error: <path>: <reason>`` on stderr (the traceback first with ``--debug``)."""
+    """One :func:`error_line` on stderr (the traceback first with ``--debug``)."""
     import sys
     import traceback
 
-    from xt_core.errors import XTError
-
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    prefix = "" if isinstance(exc, XTError) else f"internal error ({type(exc).__name__}): "
-    line = f"error: {prefix}{exc}"
+    line = error_line(exc)
     if write is not None:
         write(line)
     else:

@@ -19,7 +19,7 @@ from xt_core.cli._options import (
     add_segment_options,
     add_slide_options,
     print_error,
-    run_kwargs,
+    settings_from_args,
 )
 
 
@@ -40,26 +40,20 @@ def add_parser(sub, name: str, parents) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from xt_core import api
-    from xt_core.outputs.records import SUMMARY_NAME, read_summary_csv
+    from xt_core.batch import BatchInterrupted, run_batch
 
     def report(row, record, error) -> None:
         if error is not None:
             print_error(error, args.debug, write=lambda line: tqdm.write(line, file=sys.stderr))
 
     try:
-        summary = api.run_batch(args.inputs, args.out, model=args.model, segment=args.segment, resume=args.resume,
-                                progress=not args.quiet, on_slide=report, **run_kwargs(args))
-    except KeyboardInterrupt:
-        path = f"{args.out.rstrip('/')}/{SUMMARY_NAME}"
-        try:
-            rows = read_summary_csv(path)
-            done = sum(1 for r in rows if r["status"] == "done")
-            print(f"interrupted: {done} of {len(rows)} slides done; summary in {path}; "
-                  "run again with --resume to finish", file=sys.stderr)
-        except OSError:
-            print("interrupted", file=sys.stderr)
-        return 130
+        summary = run_batch(args.inputs, args.out, model=args.model, segment=args.segment, resume=args.resume,
+                            settings=settings_from_args(args), progress=not args.quiet, on_slide=report)
+    except BatchInterrupted as stop:
+        summary = stop.summary
+        print(f"interrupted: {summary.done} of {len(summary.rows)} slides done; summary in {summary.summary_path}; "
+              "run again with --resume to finish", file=sys.stderr)
+        return summary.exit_code
     if args.json:
         for row in summary.rows:
             print(json.dumps(row), flush=True)

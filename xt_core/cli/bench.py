@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_read(args: argparse.Namespace, slide: str) -> int:
-    from xt_core.bench import read_benchmark
+    from xt_bench.reading import read_benchmark
 
     result = read_benchmark(
         slide, region_size=args.region_size, target_mpp=args.target_mpp, batch_size=args.batch_size,
@@ -117,15 +117,19 @@ def _run_read(args: argparse.Namespace, slide: str) -> int:
 
 
 def _check_slide(path: str) -> None:
-    from xt_core.slide.open import _check_file  # the same one-line errors as every command
     from pathlib import Path
+
+    from xt_core.slide.open import (
+        _check_file,  # the same one-line errors as every command
+    )
 
     _check_file(Path(path))
 
 
 def _run_model(args: argparse.Namespace, slide: str) -> int:
+    from xt_bench.model import model_benchmark
+
     from xt_core import runtime
-    from xt_core.bench import model_benchmark
 
     _check_slide(slide)
     runtime.configure()
@@ -163,7 +167,7 @@ def format_model_result(r: dict) -> str:
 
 
 def _run_memory(args: argparse.Namespace) -> int:
-    from xt_core.bench import memory_benchmark
+    from xt_bench.memory import memory_benchmark
 
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     result = memory_benchmark(args.sizes, model=args.model, batch_size=args.batch_size, workers=args.workers,

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from typing import Sequence
 
 from xt_core import __version__
-from xt_core.errors import XTError
+from xt_core.cli._options import print_error
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
 
 def _commands():
     # Imported here so `xt-slide --help` stays fast and each command owns its imports.
-    from xt_core.cli import batch, bench, classify, evaluate, info, segment, tissue, train
+    from xt_core.cli import (
+        batch,
+        bench,
+        classify,
+        evaluate,
+        info,
+        segment,
+        tissue,
+        train,
+    )
 
     return {"info": info, "tissue": tissue, "bench": bench, "classify": classify, "segment": segment, "batch": batch, "train": train, "evaluate": evaluate}
 
@@ -43,21 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on usage errors, as argparse does
     try:
         return int(args.run(args) or EXIT_OK)
-    except XTError as exc:
-        _report(exc, args.debug)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not bad input: still one line unless --debug
-        _report(exc, args.debug, prefix=f"internal error ({type(exc).__name__}): ")
+    except Exception as exc:  # XTError: bad input; anything else a bug; one line either way unless --debug
+        print_error(exc, args.debug)
         return EXIT_ERROR
-
-
-def _report(exc: BaseException, debug: bool, prefix: str = "") -> None:
-    if debug:
-        traceback.print_exception(exc, file=sys.stderr)
-    print(f"error: {prefix}{exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

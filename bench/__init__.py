@@ -1,0 +1,8 @@
+"""xt_bench: the benchmarks behind ``xt-slide bench`` and the README's figures (installed from ``bench/``).
+
+Kept out of the engine (``xt_core``): they measure it, print figures, and are never asserted
+in tests. ``reading`` (regions read and decoded per second), ``model`` (end to end against
+the encoder alone), ``memory`` (peak memory against slide size, a fresh process per size),
+``slides`` (generated pyramids of real tiles). The ``run_*.py`` scripts beside them
+regenerate the README's tables (``make bench``).
+"""
