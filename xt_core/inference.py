@@ -84,6 +84,12 @@ class SlideResult:
 
 #: ``progress(done, total)``: regions encoded so far, of all the run will encode.
 ProgressCallback = Callable[[int, int], None]
+#: ``on_batch(rows, cols, tokens)``: each encoded batch's region places and tokens ``(k, t*t, D)``
+#: before context, e.g. for a preview that grows while the slide is read (the napari widget).
+BatchCallback = Callable[[np.ndarray, np.ndarray, torch.Tensor], None]
+#: ``select(grid)``: a boolean mask over the grid's regions (raster order) to restrict a run to,
+#: e.g. the regions under a drawn shape or in the field of view.
+RegionSelector = Callable[[RegionGrid], np.ndarray]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -106,13 +112,17 @@ def predict_slide(
     *,
     tissue: TissueMask | None = None,
     progress: ProgressCallback | None = None,
+    on_batch: BatchCallback | None = None,
+    select: RegionSelector | None = None,
 ) -> SlideResult:
     """Classify and segment ``slide`` with ``model``, streaming its regions.
 
     ``settings`` (default: :class:`RunSettings` defaults) chooses the working resolution and
     tissue threshold (the model's where unset), the device, batch size and reader threads.
     ``tissue`` reuses a mask already computed; ``progress(done, total)`` is called after
-    every batch of regions. On CUDA: autocast (bf16 where supported, else fp16),
+    every batch of regions and ``on_batch(rows, cols, tokens)`` with its tokens; ``select``
+    restricts the run to some regions (those it marks and that have tissue); the context
+    encoder then sees only those. On CUDA: autocast (bf16 where supported, else fp16),
     channels-last, pinned batches copied without blocking, and a batch that runs out of GPU
     memory is retried in halves. On CPU: inference mode, channels-last, reading overlapped
     with compute.
@@ -133,13 +143,18 @@ def predict_slide(
     grid = make_region_grid(slide, target_mpp=target_mpp, region_size=cfg.region_size,
                             chunk_size=cfg.chunk_size, tissue=tissue)
     indices = grid.tissue_indices(threshold)
+    if select is not None:
+        chosen = np.asarray(select(grid), dtype=bool).reshape(-1)
+        if chosen.shape != (grid.n_regions,):
+            raise ValueError(f"select returned {chosen.shape[0]} flags for {grid.n_regions} regions")
+        indices = indices[chosen[indices]]
     timings["tissue"] = time.perf_counter() - t0
     if len(indices) == 0:
         raise NoTissueError(slide.path, threshold)
 
     with torch.inference_mode(), _autocast(dev, settings.amp):
         t0 = time.perf_counter()
-        tokens, rows, cols, wait = _encode_stream(model, slide, grid, indices, dev, settings, progress)
+        tokens, rows, cols, wait = _encode_stream(model, slide, grid, indices, dev, settings, progress, on_batch)
         timings["read_wait"] = wait
         timings["encode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -171,7 +186,7 @@ def predict_slide(
 
 def _encode_stream(
     model: XTModel, slide: Slide, grid: RegionGrid, indices: np.ndarray, dev: torch.device,
-    settings: RunSettings, progress: ProgressCallback | None,
+    settings: RunSettings, progress: ProgressCallback | None, on_batch: BatchCallback | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Encode every chosen region, in raster order; returns tokens (N, t*t, D) on the CPU."""
     n, tpr, dim = len(indices), model.tokens_per_region, model.config.context_dim
@@ -191,6 +206,8 @@ def _encode_stream(
         rows[filled : filled + k] = torch.from_numpy(batch.rows)
         cols[filled : filled + k] = torch.from_numpy(batch.cols)
         filled += k
+        if on_batch is not None:
+            on_batch(batch.rows, batch.cols, tokens[filled - k : filled])
         if progress is not None:
             progress(filled, n)
         t_wait = time.perf_counter()
