@@ -23,14 +23,13 @@ def standin_model():
     import torch
 
     from xt_core.models.config import XTConfig
-    from xt_core.models.region import efficientnet_lite0_weights_path
     from xt_core.models.xt import create_model
 
     torch.manual_seed(0)
     config = XTConfig(classes=["a", "b", "c"], region_encoder="efficientnet_lite0", region_size=512, chunk_size=256,
                       target_mpp=0.5, token_pool=2, context_encoder="transformer_xl", context_dim=192,
                       name="bench-standin")
-    return create_model(config, region_weights=str(efficientnet_lite0_weights_path())).eval()
+    return create_model(config, region_weights="package").eval()
 
 
 def load_bench_model(model=None):

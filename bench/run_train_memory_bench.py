@@ -108,16 +108,20 @@ def measure(slide_path: str, mode: str, batch_size: int, workers: int, threads: 
 
     torch.set_num_threads(threads)
     from xt_core.models.config import XTConfig
-    from xt_core.models.region import efficientnet_lite0_weights_path
     from xt_core.models.xt import create_model
     from xt_core.train.augment import AugmentConfig, region_seeds
     from xt_core.train.data import prepare_slide
     from xt_core.train.manifest import ManifestRow
-    from xt_core.train.streaming import LossWeights, set_train_mode, slide_loss, train_step
+    from xt_core.train.streaming import (
+        LossWeights,
+        set_train_mode,
+        slide_loss,
+        train_step,
+    )
 
     torch.manual_seed(0)
     cfg = XTConfig(classes=["lung_n", "lung_aca", "lung_scc"])  # the package defaults: 512/256 px at 0.5 um/px
-    model = create_model(cfg, region_weights=str(efficientnet_lite0_weights_path()))
+    model = create_model(cfg, region_weights="package")
     model.region_encoder.to(memory_format=torch.channels_last)
     set_train_mode(model, True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)

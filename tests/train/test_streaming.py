@@ -10,7 +10,6 @@ import torch
 from conftest import cmu_model, tiny_model
 
 from xt_core import open_slide
-from xt_core.models.region import efficientnet_lite0_weights_path
 from xt_core.models.xt import create_model
 from xt_core.stream import iter_region_batches
 from xt_core.tissue import tissue_mask
@@ -49,7 +48,7 @@ def _model(config: dict, seed: int = 0, dtype: torch.dtype = torch.float64):
     gradients by ~1e-4 relative (see test_exact_step_in_float32).
     """
     torch.manual_seed(seed)
-    model = create_model(config, region_weights=str(efficientnet_lite0_weights_path())).to(dtype)
+    model = create_model(config, region_weights="package").to(dtype)
     return set_train_mode(model, True)
 
 

@@ -17,13 +17,13 @@ import torch
 from xt_core import __version__
 from xt_core.errors import ModelFileError
 from xt_core.models.config import XTConfig
+from xt_core.models.weights import PICKLE_SUFFIXES
 from xt_core.models.xt import XTModel, create_model
 from xt_core.outputs.atomic import atomic_path
 from xt_core._hashing import sha256_file as _sha256
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
 
 
 def save_model(
@@ -109,7 +109,7 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path]:
 
 def refuse_pickle(path: Path) -> None:
     """Raise :class:`ModelFileError` if ``path`` is (or is named like) a pickle or torch.save file."""
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelFileError(path, "is a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config, never pickles")
     with open(path, "rb") as fh:
         head = fh.read(4)

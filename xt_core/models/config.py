@@ -15,7 +15,8 @@ class XTConfig:
     """An xT model for slides: region encoder, tokens, context encoder, heads, and data settings.
 
     ``region_size`` px regions at ``target_mpp`` are cut into ``chunk_size`` px chunks for the
-    ``region_encoder`` (a timm model name) at ``stage`` (-1: last); each region's token map
+    ``region_encoder`` (a preset of ``REGION_ENCODERS`` or any timm model name, built by
+    ``create_region_encoder``) at ``stage`` (-1: last); each region's token map
     is pooled to ``token_pool`` x ``token_pool`` (None: kept), projected to ``context_dim``,
     given its global 2D position, and read by ``context_encoder`` (a registered name, with
     ``context_kwargs``). ``classes`` names the outputs of both heads.

@@ -49,8 +49,9 @@ def default_model(device: "str | torch.device" = "cpu") -> "XTModel":
         missing = [name for name in _FILES if not (DEFAULT_MODEL_DIR / name).is_file()]
         raise ModelFileError(
             DEFAULT_MODEL_DIR,
-            f"the bundled default model is missing ({', '.join(missing)}); reinstall napari-xt, rebuild it with "
-            "'python recipes/default_model/make_default_model.py', or pass a checkpoint folder (--model PATH)",
+            f"the bundled default model is missing ({', '.join(missing)})",
+            fix="reinstall napari-xt, rebuild it with 'python recipes/default_model/make_default_model.py', "
+                "or give a checkpoint folder of your own",
         )
     from xt_core.models.checkpoint import load_model
 

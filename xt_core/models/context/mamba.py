@@ -22,7 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
+from xt_core.models.context.layers import RMSNorm
 from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
+
+
+#: mamba-ssm's RMSNorm epsilon (the transformers' norms use 1e-6).
+NORM_EPS = 1e-5
 
 
 class MixerState(NamedTuple):
@@ -40,21 +45,6 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = y``, written so it stays accurate for small ``y``."""
     return y + torch.log(-torch.expm1(-y))
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale (no bias, no centring), as Mamba uses."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 at least: a half-precision mean of squares overflows easily.
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.to(normed.dtype)).to(x.dtype)
 
 
 class MambaMixer(nn.Module):
@@ -169,7 +159,7 @@ class MambaBlock(nn.Module):
 
     def __init__(self, dim: int, **mixer_kwargs) -> None:
         super().__init__()
-        self.norm = RMSNorm(dim)
+        self.norm = RMSNorm(dim, eps=NORM_EPS)
         self.mixer = MambaMixer(dim, **mixer_kwargs)
 
     def forward(
@@ -232,7 +222,7 @@ class MambaContextEncoder(ContextEncoder):
         self.layers = nn.ModuleList(
             MambaBlock(dim, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size) for _ in range(depth)
         )
-        self.norm_f = RMSNorm(dim)
+        self.norm_f = RMSNorm(dim, eps=NORM_EPS)
         self._rescale_residual_outputs(depth)
 
     @torch.no_grad()
