@@ -91,11 +91,14 @@ def test_auto_prefers_the_backend_that_sees_the_pyramid(slides_dir: Path) -> Non
         assert s.backend == "openslide" and s.level_count == 7
 
 
-def test_auto_prefers_exact_pixels_on_a_tie(slides_dir: Path) -> None:
+@pytest.mark.parametrize("direct_tiles", ["0", "1"])
+def test_auto_prefers_exact_pixels_on_a_tie(slides_dir: Path, monkeypatch, direct_tiles: str) -> None:
     """The generic pyramid's downsamples are fractional (2.0003...): OpenSlide shifts a tile
-    read by a sub-pixel, so it no longer equals the same pixels inside a larger read."""
+    read by a sub-pixel, so it no longer equals the same pixels inside a larger read. Read
+    directly from the TIFF's tiles (xt_core.slide.tiles), every backend is exact."""
+    monkeypatch.setenv("XT_DIRECT_TILES", direct_tiles)
     path = slides_dir / "CMU-1-Small-Region_pyramid_generic.tiff"
-    for backend, exact in (("openslide", False), ("auto", True)):
+    for backend, exact in (("openslide", direct_tiles == "1"), ("auto", True)):
         with open_slide(path, backend=backend) as slide:
             whole = slide.read_region((0, 0), 1, (600, 600))
             tile = slide.read_region((round(257 * slide.level_downsamples[1]), round(301 * slide.level_downsamples[1])), 1, (100, 100))
@@ -152,7 +155,7 @@ def test_slide_without_mpp_opens_and_explains(slides_dir: Path) -> None:
     path = slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
     with open_slide(path) as slide:
         assert slide.mpp is None
-        with pytest.raises(MissingMppError, match=r"pass mpp= \(CLI: --mpp\)"):
+        with pytest.raises(MissingMppError, match=r"no pixel size .*; give it as mpp"):
             slide.read_region_at_mpp((0, 0), (64, 64), 1.0)
     with open_slide(path, mpp=0.25) as slide:
         assert slide.mpp == (0.25, 0.25) and slide.mpp_source == "user"
@@ -259,6 +262,42 @@ def test_plain_png_jpeg_and_untiled_tiff(tmp_path: Path, cmu_pixels: np.ndarray)
         np.testing.assert_array_equal(s.read_region((10, 10), 0, (50, 40)), crop[10:50, 10:60])
     with open_slide(tmp_path / "dpi.tif", backend="image") as s:
         assert s.mpp is None  # 72 dpi is a screen setting, not a microscope's pixel size
+        assert s.mpp_source == "none (header says 72 dpi = 352.8 um/px, a screen/print default)"
+
+
+def test_auto_uses_the_image_reader_only_when_both_libraries_fail(tmp_path: Path, cmu_pixels: np.ndarray,
+                                                                  monkeypatch) -> None:
+    """The plain-image reader is a last resort for TIFFs: a file a slide library opens is never
+    also opened (let alone decoded) by it."""
+    import tifffile
+
+    from xt_core.slide._image import ImageBackend
+    from xt_core.slide._openslide import OpenSlideBackend
+    from xt_core.slide._tiffslide import TiffSlideBackend
+
+    crop = np.ascontiguousarray(cmu_pixels[500:800, 300:700])
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, crop, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    opened_by_image = []
+    image_init = ImageBackend.__init__
+
+    def spy(self, p):
+        opened_by_image.append(p)
+        image_init(self, p)
+
+    monkeypatch.setattr(ImageBackend, "__init__", spy)
+    with open_slide(path) as s:
+        assert s.backend == "tiffslide"
+    assert opened_by_image == []
+
+    def fail(self, p):
+        raise RuntimeError("unsupported")
+
+    monkeypatch.setattr(OpenSlideBackend, "__init__", fail)
+    monkeypatch.setattr(TiffSlideBackend, "__init__", fail)
+    with open_slide(path) as s:
+        assert s.backend == "image" and s.mpp == pytest.approx((0.5, 0.5))
+        np.testing.assert_array_equal(s.read_region((0, 0), 0, (400, 300)), crop)
 
 
 def test_a_slide_made_with_tifffile_reads_back_exactly(make_pyramid) -> None:

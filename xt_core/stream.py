@@ -98,10 +98,7 @@ def iter_region_batches(
 def _read_batch(
     slide: Slide, grid: RegionGrid, group: np.ndarray, *, as_tensor: bool, pin_memory: bool
 ) -> RegionBatch:
-    rs = grid.region_size
-    images = np.empty((len(group), rs, rs, 3), dtype=np.uint8)
-    for k, index in enumerate(group):
-        images[k] = grid.read(slide, int(index))
+    images = grid.read_many(slide, group)
     rows, cols = np.divmod(group, grid.cols)
     out: Any = images
     if as_tensor or pin_memory:

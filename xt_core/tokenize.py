@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from xt_core.slide import MPP_TOLERANCE, Slide
+from xt_core.slide.resample import shrink_by, whole_factor
 
 if TYPE_CHECKING:
     from xt_core.tissue import TissueMask
@@ -40,8 +41,11 @@ class RegionGrid:
     """The region grid of one slide at one working resolution.
 
     ``scale`` is level-0 pixels per target pixel (x, y). When a pyramid level's pixel size
-    is within tolerance of the target, the grid snaps to that level (``read_level``; scale is
-    its downsample) so regions tile it exactly, pixel for pixel, without resampling.
+    is within tolerance of the target, or of the target divided by a whole number k (a 40x
+    level for a 20x model: k = 2), the grid snaps to that level (``read_level``,
+    ``read_factor`` k; scale is its downsample times k) so regions tile it exactly, k x k
+    level pixels to a target pixel, shrunk by a box filter; otherwise each region is
+    resampled (Lanczos).
     """
 
     slide_dimensions: tuple[int, int]
@@ -54,6 +58,7 @@ class RegionGrid:
     cols: int
     read_level: int | None
     tissue_fractions: np.ndarray = field(repr=False)  # (rows * cols,) float
+    read_factor: int = 1  # level pixels per target pixel along each side, when read_level is set
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -114,15 +119,57 @@ class RegionGrid:
         """The region's RGB uint8 pixels ``(R, R, 3)``; padding beyond the slide is white."""
         if isinstance(region, int):
             region = self.region(region)
-        rs = self.region_size
-        location = (region.box[0], region.box[1])
         if self.read_level is not None:
-            pixels = slide.read_region(location, self.read_level, (rs, rs))
-        else:
-            pixels = slide.read_region_at_mpp(location, (rs, rs), self.target_mpp)
-        vw, vh = region.valid_size
+            return self._read_run(slide, region.index, 1)[0]
+        rs = self.region_size
+        pixels = slide.read_region_at_mpp((region.box[0], region.box[1]), (rs, rs), self.target_mpp)
+        return self._blank_padding(pixels, region.index)
+
+    def read_many(self, slide: Slide, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Pixels ``(N, R, R, 3)`` of the regions ``indices`` (raster order), equal to :meth:`read` each.
+
+        On a snapped grid, neighbours in a row are read as one strip: one call into the reader
+        library, each source tile decoded once for the strip instead of once per region that
+        touches it, and one box-filter pass.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        rs = self.region_size
+        if out is None:
+            out = np.empty((len(indices), rs, rs, 3), dtype=np.uint8)
+        if self.read_level is None:
+            for k, index in enumerate(indices):
+                out[k] = self.read(slide, int(index))
+            return out
+        start = 0
+        while start < len(indices):
+            stop = start + 1  # extend the run while the next region is the right-hand neighbour in this row
+            while (stop < len(indices) and indices[stop] == indices[stop - 1] + 1
+                   and indices[stop] % self.cols != 0):
+                stop += 1
+            out[start:stop] = self._read_run(slide, int(indices[start]), stop - start)
+            start = stop
+        return out
+
+    def _read_run(self, slide: Slide, first: int, n: int) -> np.ndarray:
+        """``n`` regions from ``first`` along one row of a snapped grid, as ``(n, R, R, 3)``."""
+        rs, k = self.region_size, self.read_factor
+        row, col = divmod(first, self.cols)
+        ds = slide.level_downsamples[self.read_level]
+        strip = slide.read_region((col * rs * k * ds, row * rs * k * ds), self.read_level, (n * rs * k, rs * k))
+        strip = shrink_by(strip, k)  # (rs, n * rs, 3)
+        regions = np.ascontiguousarray(strip.reshape(rs, n, rs, 3).transpose(1, 0, 2, 3))
+        for j in range(n):
+            self._blank_padding(regions[j], first + j)
+        return regions
+
+    def _blank_padding(self, pixels: np.ndarray, index: int) -> np.ndarray:
+        """White beyond the slide's edge (whole target pixels past ``target_dimensions``)."""
+        rs = self.region_size
+        row, col = divmod(index, self.cols)
+        vw, vh = min(rs, self.target_dimensions[0] - col * rs), min(rs, self.target_dimensions[1] - row * rs)
         if vw < rs or vh < rs:
-            pixels = pixels.copy() if not pixels.flags.writeable else pixels
+            if not pixels.flags.writeable:
+                pixels = pixels.copy()
             pixels[vh:, :] = 255
             pixels[:, vw:] = 255
         return pixels
@@ -144,10 +191,11 @@ def make_region_grid(
     """
     if region_size <= 0 or chunk_size <= 0 or region_size % chunk_size:
         raise ValueError(f"chunk_size {chunk_size} must divide region_size {region_size}")
-    scale, read_level = _working_scale(slide, target_mpp)
+    scale, read_level, factor = _working_scale(slide, target_mpp)
     w0, h0 = slide.dimensions
     if read_level is not None:
-        tw, th = slide.level_dimensions[read_level]
+        lw, lh = slide.level_dimensions[read_level]
+        tw, th = _ceil(lw / factor), _ceil(lh / factor)
     else:
         tw, th = _ceil(w0 / scale[0]), _ceil(h0 / scale[1])
     cols = max(1, _ceil(tw / region_size))
@@ -163,6 +211,7 @@ def make_region_grid(
         cols=cols,
         read_level=read_level,
         tissue_fractions=np.ones(rows * cols, dtype=np.float64),
+        read_factor=factor,
     )
     if tissue is not None:
         fractions = tissue.fractions_in_boxes(grid.region_boxes())
@@ -170,19 +219,23 @@ def make_region_grid(
     return grid
 
 
-def _working_scale(slide: Slide, target_mpp: float | None) -> tuple[tuple[float, float], int | None]:
-    """Level-0 pixels per target pixel, and the level to read directly when one matches."""
+def _working_scale(
+    slide: Slide, target_mpp: float | None
+) -> tuple[tuple[float, float], int | None, int]:
+    """Level-0 pixels per target pixel, the level to read directly when one matches (or a whole
+    multiple of it does), and that multiple."""
     if target_mpp is None:
-        return (1.0, 1.0), 0
+        return (1.0, 1.0), 0, 1
     if target_mpp <= 0:
         raise ValueError(f"target_mpp must be positive, got {target_mpp}")
     mx, my = slide.require_mpp()
     sx, sy = target_mpp / mx, target_mpp / my
     level = slide.best_level_for_downsample(min(sx, sy))
     ds = slide.level_downsamples[level]
-    if abs(sx / ds - 1) <= MPP_TOLERANCE and abs(sy / ds - 1) <= MPP_TOLERANCE:
-        return (ds, ds), level
-    return (sx, sy), None
+    k = whole_factor(sx / ds, MPP_TOLERANCE)
+    if k is not None and whole_factor(sy / ds, MPP_TOLERANCE) == k:
+        return (ds * k, ds * k), level, k
+    return (sx, sy), None, 1
 
 
 def _ceil(value: float) -> int:

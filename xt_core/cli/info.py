@@ -41,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
 def format_info(record: dict) -> str:
     """A human-readable block."""
     mpp = record["mpp"]
-    mpp_text = f"{mpp[0]:.4f} x {mpp[1]:.4f} um/px ({record['mpp_source']})" if mpp else "unknown (pass --mpp)"
+    source = record.get("mpp_source")
+    if mpp:
+        mpp_text = f"{mpp[0]:.4f} x {mpp[1]:.4f} um/px ({source})"
+    elif source:  # e.g. "none (header says 96 dpi = 264.6 um/px, a screen/print default)"
+        mpp_text = f"unknown (pass --mpp): {source}"
+    else:
+        mpp_text = "unknown (pass --mpp)"
     lines = [
         f"slide:      {record['path']}",
         f"backend:    {record['backend']}",

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from xt_core.slide.backend import SlideBackend, SlideMetadata, rgba_on_white
+from xt_core.slide.mpp import judge_mpp
 from xt_core.slide.properties import parse_float, parse_mpp
 
 
@@ -25,14 +26,16 @@ class OpenSlideBackend(SlideBackend):
     def metadata(self) -> SlideMetadata:
         s = self._slide
         props = dict(s.properties)
+        header = judge_mpp(parse_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y")))
         return SlideMetadata(
             level_dimensions=tuple((int(w), int(h)) for w, h in s.level_dimensions),
             level_downsamples=tuple(float(d) for d in s.level_downsamples),
-            mpp=parse_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y")),
+            mpp=header.mpp,
             vendor=props.get("openslide.vendor"),
             objective_power=parse_float(props.get("openslide.objective-power")),
             associated_images=tuple(s.associated_images.keys()),
             properties=props,
+            mpp_rejected=header.rejected,
         )
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:

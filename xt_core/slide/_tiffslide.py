@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from xt_core.slide.backend import SlideBackend, SlideMetadata, rgba_on_white
+from xt_core.slide.mpp import judge_mpp
 from xt_core.slide.properties import parse_float, parse_mpp
 
 
@@ -38,14 +39,16 @@ class TiffSlideBackend(SlideBackend):
     def metadata(self) -> SlideMetadata:
         s = self._slide
         props = {k: str(v) for k, v in s.properties.items() if v is not None}
+        header = judge_mpp(parse_mpp(props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")))
         return SlideMetadata(
             level_dimensions=tuple((int(w), int(h)) for w, h in s.level_dimensions),
             level_downsamples=tuple(float(d) for d in s.level_downsamples),
-            mpp=parse_mpp(props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")),
+            mpp=header.mpp,
             vendor=props.get("tiffslide.vendor"),
             objective_power=parse_float(props.get("tiffslide.objective-power")),
             associated_images=tuple(s.associated_images.keys()),
             properties=props,
+            mpp_rejected=header.rejected,
         )
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:

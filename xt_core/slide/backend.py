@@ -25,6 +25,9 @@ class SlideMetadata:
     objective_power: float | None
     associated_images: tuple[str, ...]
     properties: dict[str, str] = field(default_factory=dict)
+    #: Why the header's pixel size was not taken (``mpp`` is then None): see
+    #: :func:`xt_core.slide.mpp.judge_mpp`. None when it was taken or there was none.
+    mpp_rejected: str | None = None
 
 
 class SlideBackend(ABC):

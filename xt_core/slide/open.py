@@ -31,30 +31,43 @@ def open_slide(
     ``backend`` is ``"auto"``, ``"openslide"``, ``"tiffslide"`` or ``"image"``. ``auto`` opens
     the file with both slide libraries and keeps the one that sees more pyramid levels
     (OpenSlide misses OME-TIFF SubIFD levels; tiffslide misses NDPI's finer JPEG levels),
-    OpenSlide on a tie; when one fails, the other is used. ``mpp`` is the pixel size in
-    microns for files whose header has none; with ``force_mpp`` it replaces the header's.
+    OpenSlide on a tie; when one fails, the other is used. The plain-image reader is used for
+    PNG/JPEG/BMP, and for a TIFF only when both libraries fail. Opening reads the header and
+    a few pixels, never a whole level. ``mpp`` is the pixel size in microns for files whose
+    header has none (or one no microscope produces, e.g. 96 dpi: see :mod:`xt_core.slide.mpp`);
+    with ``force_mpp`` it replaces the header's.
 
     Raises :class:`SlideError` (``"<path>: <reason>"``) for anything that is not a readable slide.
     """
     path = Path(path)
     _check_file(path)
     if backend == "auto":
-        candidates = _auto_candidates(path)
+        tiers = _auto_tiers(path)
     elif backend in BACKENDS:
-        candidates = [BACKENDS[backend]]
+        tiers = [[BACKENDS[backend]]]
     else:
         raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
 
     opened: list[SlideBackend] = []
     failures: list[str] = []
-    for cls in candidates:
-        try:
-            handle = cls(path)
-            _probe(handle)
-            opened.append(handle)
-        except Exception as exc:  # every reader library has its own exception types
-            failures.append(f"{cls.name}: {_reason(exc)}")
+    errors: list[Exception] = []
+    for candidates in tiers:  # a later tier is tried only when every reader of the earlier ones failed
+        for cls in candidates:
+            handle: SlideBackend | None = None
+            try:
+                handle = cls(path)
+                _probe(handle)
+                opened.append(handle)
+            except Exception as exc:  # every reader library has its own exception types
+                errors.append(exc)
+                failures.append(f"{cls.name}: {exc.reason if isinstance(exc, SlideError) else _reason(exc)}")
+                if handle is not None:
+                    _close_quietly(handle)
+        if opened:
+            break
     if not opened:
+        if len(errors) == 1 and isinstance(errors[0], SlideError):
+            raise errors[0]  # the only reader tried says exactly what is wrong (e.g. image too large)
         raise SlideError(path, f"not a readable slide or image ({'; '.join(failures)})")
     best = max(opened, key=_preference)  # the first candidate wins a full tie
     for handle in opened:
@@ -71,6 +84,13 @@ def _preference(handle: SlideBackend) -> tuple[int, int]:
     return (len(meta.level_dimensions), int(exact))
 
 
+def _close_quietly(handle: SlideBackend) -> None:
+    try:
+        handle.close()
+    except Exception:  # a handle that failed its probe may not close cleanly either
+        pass
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise SlideError(path, "no such file")
@@ -82,13 +102,15 @@ def _check_file(path: Path) -> None:
         raise SlideError(path, "permission denied")
 
 
-def _auto_candidates(path: Path) -> list[type[SlideBackend]]:
+def _auto_tiers(path: Path) -> list[list[type[SlideBackend]]]:
+    """The readers ``auto`` tries, in tiers: both slide libraries, then for a TIFF neither of
+    them opens, the plain-image reader. PNG/JPEG/BMP go straight to the plain-image reader."""
     if path.name.lower().endswith(_PLAIN_ONLY_SUFFIXES):
-        return [ImageBackend]
-    candidates: list[type[SlideBackend]] = [OpenSlideBackend, TiffSlideBackend]
+        return [[ImageBackend]]
+    tiers: list[list[type[SlideBackend]]] = [[OpenSlideBackend, TiffSlideBackend]]
     if path.name.lower().endswith(TIFF_SUFFIXES):
-        candidates.append(ImageBackend)
-    return candidates
+        tiers.append([ImageBackend])
+    return tiers
 
 
 def _probe(handle: SlideBackend) -> None:
@@ -96,6 +118,8 @@ def _probe(handle: SlideBackend) -> None:
 
     Headers sit at the start of a file and the last tiles at its end, so a truncated or
     corrupt file fails here, at open, with its path, rather than halfway through a batch.
+    Four 1-pixel reads decode at most four tiles or strips, so probing costs the same
+    whatever the slide's size (the backends read lazily; none decodes a whole level to open).
     """
     meta = handle.metadata()
     if not meta.level_dimensions or min(min(d) for d in meta.level_dimensions) <= 0:

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from xt_core.errors import MissingMppError, SlideError
 from xt_core.slide.backend import SlideBackend, SlideMetadata
+from xt_core.slide.resample import lanczos_margin, shrink_by, shrink_lanczos, whole_factor
+from xt_core.slide.tiles import open_tiff_tiles
 
+#: Backends whose tiled TIFF levels :class:`~xt_core.slide.tiles.TiffTiles` reads as they do.
+_DIRECT_TILE_BACKENDS = ("openslide", "tiffslide")
 #: Colour outside the scanned area and of padding: white, as glass looks on a scanner.
 BACKGROUND = 255
 #: A level whose pixel size is within this relative tolerance of the target is read as is.
@@ -47,13 +50,18 @@ class Slide:
         self._local = threading.local()
         self._local.handle = handle
         self._closed = False
+        # Tiled TIFF levels are read straight from the file (xt_core.slide.tiles), the rest by the backend.
+        self._tiles = (open_tiff_tiles(self.path, self._meta.level_dimensions)
+                       if backend_cls.name in _DIRECT_TILE_BACKENDS and os.environ.get("XT_DIRECT_TILES") != "0"
+                       else None)
         user_mpp = _as_mpp_pair(mpp)
         if user_mpp is not None and (force_mpp or self._meta.mpp is None):
             self.mpp, self.mpp_source = user_mpp, "user"
         elif self._meta.mpp is not None:
             self.mpp, self.mpp_source = self._meta.mpp, "header"
-        else:
-            self.mpp, self.mpp_source = None, None
+        else:  # "none (<why>)" when the header's value was not a microscope's (see slide.mpp)
+            rejected = self._meta.mpp_rejected
+            self.mpp, self.mpp_source = None, (f"none ({rejected})" if rejected else None)
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -166,17 +174,19 @@ class Slide:
         """Pixels at a physical resolution: ``size`` (w, h) pixels of ``mpp`` microns each.
 
         ``location`` is the top-left corner in level-0 pixels (may be fractional). The
-        finest level that is not finer than needed is read; when its pixel size is not
-        within ``tolerance`` of ``mpp`` the pixels are truly resampled (Lanczos, with
-        anti-aliasing when shrinking), not snapped to the nearest level.
+        finest level that is not finer than needed is read. Within ``tolerance`` of that
+        level's pixel size, or of a whole multiple k of it, its pixels are taken as they are or
+        shrunk k times by a box filter (see :mod:`xt_core.slide.resample`); otherwise they are
+        truly resampled (Lanczos, with anti-aliasing when shrinking), not snapped.
         """
         mx, my = self.require_mpp()
         sx, sy = mpp / mx, mpp / my  # level-0 pixels per output pixel
         level = self.best_level_for_downsample(min(sx, sy))
         ds = self.level_downsamples[level]
         w, h = int(size[0]), int(size[1])
-        if abs(sx / ds - 1) <= tolerance and abs(sy / ds - 1) <= tolerance:
-            return self.read_region(location, level, (w, h))
+        k = whole_factor(sx / ds, tolerance)
+        if k is not None and whole_factor(sy / ds, tolerance) == k:
+            return shrink_by(self.read_region(location, level, (w * k, h * k)), k)
         box = (
             location[0] / ds,
             location[1] / ds,
@@ -239,7 +249,12 @@ class Slide:
 
     def _read_backend(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         try:
-            pixels = self._handle().read_level(level, x, y, w, h)
+            if self._tiles is not None and self._tiles.covers(level):
+                if self._closed:
+                    raise SlideError(self.path, "the slide is closed")
+                pixels = self._tiles.read(level, x, y, w, h)
+            else:
+                pixels = self._handle().read_level(level, x, y, w, h)
         except SlideError:
             raise
         except Exception as exc:  # reader libraries raise anything on corrupt tiles
@@ -259,15 +274,11 @@ class Slide:
         with their true neighbours (or white outside the slide), not clamped.
         """
         x0, y0, x1, y1 = box
-        scale = max((x1 - x0) / size[0], (y1 - y0) / size[1], 1.0)
-        margin = math.ceil(3 * scale) + 1
+        margin = lanczos_margin(max((x1 - x0) / size[0], (y1 - y0) / size[1]))
         rx0, ry0 = math.floor(x0) - margin, math.floor(y0) - margin
         rx1, ry1 = math.ceil(x1) + margin, math.ceil(y1) + margin
         src = self._read_level_padded(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
-        img = Image.fromarray(src)
-        rel_box = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
-        out = img.resize(size, Image.Resampling.LANCZOS, box=rel_box)
-        return np.asarray(out)
+        return shrink_lanczos(src, (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0), size)
 
     def close(self) -> None:
         """Close every handle this slide opened (all threads)."""
@@ -275,6 +286,9 @@ class Slide:
             for handle in self._handles:
                 handle.close()
             self._handles.clear()
+            if self._tiles is not None:
+                self._tiles.close()
+                self._tiles = None
             self._closed = True
 
     def __enter__(self) -> "Slide":
