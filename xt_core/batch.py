@@ -19,6 +19,10 @@ one. The summary CSV is rewritten (atomically) after every slide, so a killed ba
 valid one. A slide that fails is a ``failed`` row with its reason and the batch goes on. Ctrl-C
 marks the unfinished slides ``interrupted``, writes the summary and raises
 :class:`BatchInterrupted` (a :class:`KeyboardInterrupt` that carries the summary).
+
+This module runs the slides one after another in this process; ``run_batch(...,
+scheduler=...)`` hands them to Dask workers instead (:mod:`xt_core.batch_dask`), reusing the
+plan (:func:`plan_batch`), the per-slide function and the summary writer (:func:`record_outcome`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from xt_core.outputs.records import (
     summary_row,
     write_summary_csv,
 )
+from xt_core.progress import RegionProgress
 from xt_core.settings import OptionError, RunSettings
 
 if TYPE_CHECKING:
@@ -197,8 +202,8 @@ def plan_batch(items: list[BatchItem], out: Path, classes: list[str], *, segment
 
 
 def record_outcome(summary: BatchSummary, i: int, record: dict[str, Any] | None, error: BaseException | None,
-                   seconds: float) -> None:
-    """Put one slide's outcome into the summary and rewrite the CSV."""
+                   seconds: float | None) -> None:
+    """Put one slide's outcome into the summary and rewrite the CSV (``seconds`` None: not known)."""
     item = summary.items[i]
     if error is None:
         summary.records[i] = record
@@ -228,6 +233,8 @@ def run_batch(
     settings: RunSettings | None = None,
     progress: bool = True,
     on_slide: SlideCallback | None = None,
+    scheduler: str | None = None,
+    jobs: int | None = None,
     **overrides: Any,
 ) -> BatchSummary:
     """Classify (and with ``segment`` segment) many slides into ``out_dir``; returns the summary.
@@ -239,12 +246,24 @@ def run_batch(
     a bar on stderr (slides done of all, ETA, and the current slide's regions).
     ``on_slide(row, record, error)`` is called after each slide. Ctrl-C: the summary is
     written with the unfinished slides ``interrupted`` and :class:`BatchInterrupted` is raised.
+
+    ``scheduler`` runs the slides on Dask distributed instead of in this process, with the same
+    outputs and summary: ``"local"`` starts ``jobs`` worker processes here, an address
+    (``"tcp://host:port"``) uses a running scheduler and its workers (see
+    :mod:`xt_core.batch_dask`; needs ``pip install 'napari-xt[dask]'``).
     """
     from tqdm import tqdm
 
     from xt_core.inference import resolve_device
 
     settings = RunSettings.build(settings, **overrides)
+    if scheduler is not None:
+        from xt_core.batch_dask import run_dask_batch  # distributed is imported there, only when asked for
+
+        return run_dask_batch(inputs, out_dir, scheduler=scheduler, jobs=jobs, model=model, segment=segment,
+                              resume=resume, settings=settings, progress=progress, on_slide=on_slide)
+    if jobs is not None:
+        raise OptionError("jobs is the number of Dask workers: give it with scheduler='local'")
     items = collect_inputs(inputs)
     model = resolve_model(model)  # once for the whole batch
     resolve_device(settings.device)
@@ -257,7 +276,7 @@ def run_batch(
 
     bar = tqdm(total=len(items), initial=summary.resumed, unit="slide", desc="slides", file=sys.stderr,
                disable=not progress, dynamic_ncols=True, leave=True)
-    regions = _RegionBar(enabled=progress)
+    regions = RegionProgress("regions", enabled=progress, terminal_only=False, position=1)
     current: int | None = None
     try:
         for i in plan.todo():
@@ -289,29 +308,6 @@ def run_batch(
     finally:
         bar.close()
     return summary
-
-
-class _RegionBar:
-    """A second, transient bar for the regions of the slide being analysed."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="region", desc="regions", file=sys.stderr, position=1,
-                             leave=False, dynamic_ncols=True, smoothing=0.1)
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def error_reason(error: BaseException, slide: str) -> str:

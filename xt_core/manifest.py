@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from xt_core._paths import resolve_path
+from xt_core._paths import read_user_text, resolve_path
 from xt_core.errors import PathError
 
 __all__ = ["Manifest", "ManifestError", "ManifestRow", "read_manifest"]
@@ -116,12 +116,7 @@ def read_manifest(
     middle of an epoch; ``classes`` checks every label against the model's classes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(path, "manifest not found" if not path.exists() else "manifest is not a file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, f"cannot read the manifest as UTF-8 text: {exc}") from None
+    text = read_user_text(path, ManifestError, "manifest", encoding="utf-8-sig")
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
         raise ManifestError(path, "the manifest is empty (it needs a header row with a 'slide' column)")

@@ -8,6 +8,11 @@ Three modes, chosen by the first word:
 * ``xt-slide bench read SLIDE``: regions/s read and decoded, 1 and 2 workers vs a sequential loop.
 * ``xt-slide bench memory [--sizes 4096,16384,32768]``: peak memory of ``predict_slide`` on
   generated pyramidal slides of growing size, each in a fresh process.
+* ``xt-slide bench scale [--side 16384]``: real slides at real scale, as a user waits for them:
+  ``xt-slide classify`` regions per wall-clock second (process start included) over the encoder
+  alone, on dense 0.5 and 0.25 um/px slides, with the decode/resample split per region; then
+  peak memory and time outside the encode stage of classify/segment on a 98,304 x 81,920 px
+  slide of needle cores against a 4,096 px one, and ``info`` on the large one. Minutes.
 
 A slide whose file is literally named ``read``, ``memory`` or ``model`` is given as ``./read``.
 """
@@ -20,7 +25,7 @@ import sys
 
 from xt_core.cli._options import non_negative_int, positive_float, positive_int
 
-MODES = ("model", "read", "memory")
+MODES = ("model", "read", "memory", "scale")
 DEFAULT_SIZES = (4096, 16384, 32768)
 
 
@@ -41,7 +46,8 @@ def add_parser(sub, name: str, parents) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="xt-slide bench [model] SLIDE [--model PATH] [--json] [options]\n"
               "       xt-slide bench read SLIDE [options]\n"
-              "       xt-slide bench memory [--sizes 4096,16384,32768] [options]",
+              "       xt-slide bench memory [--sizes 4096,16384,32768] [options]\n"
+              "       xt-slide bench scale [--side 16384] [options]",
     )
     p.add_argument("words", nargs="+", metavar="MODE/SLIDE",
                    help="SLIDE (model mode), 'model SLIDE', 'read SLIDE' or 'memory'")
@@ -53,6 +59,8 @@ def add_parser(sub, name: str, parents) -> None:
                    help="model mode: runs of each measurement, the best is kept")
     p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES,
                    help="memory mode: square slide sizes in px (default 4096,16384,32768)")
+    p.add_argument("--side", type=positive_int, default=16384,
+                   help="scale mode: side of the dense 0.5 um/px slide (the 0.25 um/px one is twice it)")
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="memory mode: write the generated slides to DIR and keep them")
     p.add_argument("--region-size", type=positive_int, default=512, help="read mode")
@@ -72,9 +80,9 @@ def parse_mode(words: list[str]) -> tuple[str, str | None]:
     first, rest = words[0], words[1:]
     if first in MODES:
         mode = first
-        if mode == "memory":
+        if mode in ("memory", "scale"):
             if rest:
-                raise ValueError(f"bench memory takes no slide (got {' '.join(rest)!r})")
+                raise ValueError(f"bench {mode} takes no slide (got {' '.join(rest)!r})")
             return mode, None
         if len(rest) != 1:
             raise ValueError(f"bench {mode} needs exactly one SLIDE")
@@ -94,7 +102,18 @@ def run(args: argparse.Namespace) -> int:
         return _run_read(args, slide)
     if mode == "memory":
         return _run_memory(args)
+    if mode == "scale":
+        return _run_scale(args)
     return _run_model(args, slide)
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    from xt_bench.scale import markdown, run_all
+
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_all(args.keep, repeats=min(args.repeats, 2), side=args.side, progress=progress)
+    print(json.dumps(result) if args.json else markdown(result))
+    return 0
 
 
 def _run_read(args: argparse.Namespace, slide: str) -> int:

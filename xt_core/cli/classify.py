@@ -20,7 +20,7 @@ from xt_core.cli._options import (
     settings_from_args,
     slide_line,
 )
-from xt_core.cli._progress import RegionProgress
+from xt_core.progress import RegionProgress
 
 
 def add_parser(sub, name: str, parents) -> None:

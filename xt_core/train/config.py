@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from xt_core._paths import resolve_path
+from xt_core._paths import read_user_text, resolve_path
 from xt_core.errors import PathError
 from xt_core.models.weights import parse_weights_spec
 from xt_core.train.augment import AugmentConfig
@@ -161,12 +161,7 @@ class TrainConfig:
 def load_train_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML (``.yaml``/``.yml``) or JSON config file; ``overrides`` replace top-level keys."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, "training config not found" if not path.exists() else "not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"cannot read: {exc}") from None
+    text = read_user_text(path, ConfigError, "training config")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
