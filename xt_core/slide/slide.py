@@ -24,6 +24,8 @@ MPP_TOLERANCE = 0.02
 #: Thumbnails and resampled reads are made band by band so a one-level slide never
 #: needs its whole full-resolution image in memory.
 _BAND_ROWS = 256
+#: Thumbnails box-reduce first and leave at most this much shrinking to Lanczos (see resample).
+_THUMBNAIL_GAP = 3.0
 
 
 class Slide:
@@ -210,7 +212,7 @@ class Slide:
         for r0 in range(0, out_h, _BAND_ROWS):
             r1 = min(out_h, r0 + _BAND_ROWS)
             box = (0.0, r0 * sy, out_w * sx, r1 * sy)
-            bands.append(self._read_level_resampled(level, box, (out_w, r1 - r0)))
+            bands.append(self._read_level_resampled(level, box, (out_w, r1 - r0), reducing_gap=_THUMBNAIL_GAP))
         return np.concatenate(bands, axis=0)
 
     def read_associated(self, name: str) -> np.ndarray:
@@ -266,7 +268,8 @@ class Slide:
         return pixels
 
     def _read_level_resampled(
-        self, level: int, box: tuple[float, float, float, float], size: tuple[int, int]
+        self, level: int, box: tuple[float, float, float, float], size: tuple[int, int],
+        reducing_gap: float | None = None,
     ) -> np.ndarray:
         """Resample the fractional level-pixel ``box`` to ``size`` with Lanczos.
 
@@ -278,7 +281,7 @@ class Slide:
         rx0, ry0 = math.floor(x0) - margin, math.floor(y0) - margin
         rx1, ry1 = math.ceil(x1) + margin, math.ceil(y1) + margin
         src = self._read_level_padded(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
-        return shrink_lanczos(src, (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0), size)
+        return shrink_lanczos(src, (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0), size, reducing_gap=reducing_gap)
 
     def close(self) -> None:
         """Close every handle this slide opened (all threads)."""
