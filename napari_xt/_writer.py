@@ -1,8 +1,13 @@
 """npe2 writer: an xT classes layer saved as GeoJSON annotations that QuPath opens.
 
-Only layers made by the napari-xt widget carry what the file needs (class names, the slide's
-pixel size): the writer maps the layer's world placement back to level-0 pixels, so the
-polygons land where the heatmap was drawn, whatever the user did to the layer's data.
+Only layers made by the napari-xt dock carry what the file needs (class names, where the
+slide's level-0 pixels are in the world): the writer maps the layer's placement back to
+level-0 pixels, so the polygons land where the classes were drawn (token squares, cut at the
+slide's edge), whatever the user did to the layer's data.
+
+Anything else (an ordinary labels layer) is refused with :class:`NotAnXTLayerError`, which
+says why. It is deliberately not a ``ValueError``: napari swallows those from writers and
+reports only that the plugin "is not a valid writer".
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from xt_core.errors import XTError
 from xt_core.outputs.atomic import atomic_path
 from xt_core.outputs.geojson import heatmap_features
+
+
+class NotAnXTLayerError(XTError):
+    """The layer given to the GeoJSON writer was not made by the napari-xt dock."""
 
 
 def write_xt_geojson(path: str, data: Any, meta: dict) -> list[str]:
@@ -22,17 +32,28 @@ def write_xt_geojson(path: str, data: Any, meta: dict) -> list[str]:
     record = layer_meta.get("xt_result")
     classes = layer_meta.get("classes")
     if not record or not classes:
-        raise ValueError("only the 'xT classes' layers made by the napari-xt widget can be saved as GeoJSON")
-    mpp = record.get("mpp") or [1.0, 1.0]
-    scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]  # (row, col) in world units
+        name = meta.get("name") or "this layer"
+        raise NotAnXTLayerError(
+            f"'{name}' cannot be saved as xT GeoJSON: only the 'xT classes' layers that the napari-xt "
+            "dock makes carry the class names and slide geometry the file needs (run 'xT slide analysis' "
+            "first, or save this layer in another format)")
+    scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]  # (row, col), world per layer pixel
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), dtype=float)[-2:]
-    token = (scale[1] / mpp[0], scale[0] / mpp[1])  # level-0 pixels per heatmap pixel (x, y)
-    # the layer's translate puts pixel centres (s-1)/2 level-0 pixels past the block's corner
-    origin = (translate[1] / mpp[0] - (token[0] - 1) / 2, translate[0] / mpp[1] - (token[1] - 1) / 2)
+    placement = layer_meta.get("xt_placement")
+    if placement:  # the slide layer's own placement: world = level-0 pixel * s + t
+        s = np.asarray(placement["scale"], dtype=float)
+        t = np.asarray(placement["translate"], dtype=float)
+    else:
+        mpp = record.get("mpp") or [1.0, 1.0]
+        s, t = np.array([mpp[1], mpp[0]], dtype=float), np.zeros(2)
+    pixel = scale / s  # level-0 pixels per layer pixel (row, col)
+    # napari puts a layer pixel's centre (p - 1) / 2 level-0 pixels past the block's first pixel
+    first = (translate - t) / s - (pixel - 1) / 2
     labels = np.asarray(data)
     onehot = np.stack([(labels == i + 1) for i in range(len(classes))], axis=-1).astype(np.float32)
     bounds = tuple(record["slide_dimensions"]) if record.get("slide_dimensions") else None
-    collection = heatmap_features(onehot, classes, token, origin=origin, bounds=bounds, threshold=0.5)
+    collection = heatmap_features(onehot, classes, (pixel[1], pixel[0]), origin=(first[1], first[0]), bounds=bounds,
+                                  threshold=0.5)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(collection, separators=(",", ":")) + "\n", encoding="utf-8")
     return [path]

@@ -1,8 +1,9 @@
 """Output writers: heatmap OME-TIFF, GeoJSON polygons, PNG preview, records and summary CSV.
 
 The geometry helpers here (``assert_valid_feature_collection``) check GeoJSON the way a GIS
-would (closed, simple, properly nested rings, disjoint polygons), with exact integer arithmetic;
-the CLI tests use them on real slides.
+would (closed, simple, properly nested rings, polygons whose interiors are disjoint and which
+meet at most at single corner points, as OGC allows), with exact integer arithmetic; the CLI
+tests use them on real slides.
 """
 
 from __future__ import annotations
@@ -56,9 +57,32 @@ def _intersections(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return np.where(collinear, boxes, general)
 
 
+def _corner_contacts(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """(n, m) bool: the two segments meet in one point that is an end point of both.
+
+    Two rings (or two polygons) may meet like that (OGC: at finitely many points); sharing a
+    stretch of edge, crossing, or one ring's corner on the other's edge is invalid.
+    """
+    p1, q1 = s1[:, None, 0], s1[:, None, 1]
+    p2, q2 = s2[None, :, 0], s2[None, :, 1]
+    shared = [np.all(a == b, axis=-1) for a in (p1, q1) for b in (p2, q2)]
+    one_shared = np.sum(shared, axis=0) == 1
+    o1, o2 = _orient(p1, q1, p2), _orient(p1, q1, q2)
+    collinear = (o1 == 0) & (o2 == 0)
+    # collinear segments sharing an end overlap unless they point away from each other
+    d1, d2 = q1 - p1, q2 - p2
+    away = np.where(shared[0] | shared[3], np.sum(d1 * d2, axis=-1) < 0, np.sum(d1 * d2, axis=-1) > 0)
+    return one_shared & (~collinear | away)
+
+
 def _signed_area(pts: np.ndarray) -> float:
     x, y = pts[:-1, 0].astype(float), pts[:-1, 1].astype(float)
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _edge_midpoint(ring_pts: np.ndarray) -> np.ndarray:
+    """A point of the ring that no other ring passes through (rings meet only at corners)."""
+    return (ring_pts[0].astype(float) + ring_pts[1].astype(float)) / 2
 
 
 def _inside(point, ring_pts: np.ndarray) -> bool:
@@ -95,17 +119,19 @@ def assert_valid_multipolygon(coords, bounds=None) -> None:
         assert _signed_area(rings[0]) > 0, "exterior ring must be counter-clockwise"
         for hole in rings[1:]:
             assert _signed_area(hole) < 0, "holes must be clockwise"
-            assert _inside(hole[0], rings[0]), "hole outside its exterior"
+            assert _inside(_edge_midpoint(hole), rings[0]), "hole outside its exterior"
         polys.append(rings)
     all_rings = [(i, r) for i, rings in enumerate(polys) for r in rings]
     for a in range(len(all_rings)):
         for b in range(a + 1, len(all_rings)):
-            hits = _intersections(_segments(all_rings[a][1]), _segments(all_rings[b][1]))
-            assert not hits.any(), "two rings touch or cross"
+            sa, sb = _segments(all_rings[a][1]), _segments(all_rings[b][1])
+            hits = _intersections(sa, sb) & ~_corner_contacts(sa, sb)
+            assert not hits.any(), "two rings cross or share an edge"
     for i, rings in enumerate(polys):  # a polygon inside another must sit in one of its holes
+        probe = _edge_midpoint(rings[0])
         for j, other in enumerate(polys):
-            if i != j and _inside(rings[0][0], other[0]):
-                assert any(_inside(rings[0][0], h) for h in other[1:]), "polygons overlap"
+            if i != j and _inside(probe, other[0]):
+                assert any(_inside(probe, h) for h in other[1:]), "polygons overlap"
     if bounds is not None:
         for rings in polys:
             for r in rings:
@@ -220,19 +246,43 @@ def test_polygons_of_simple_shapes() -> None:
     assert len(polygon) == 2  # exterior and one hole
     assert_valid_multipolygon([polygon])
     pts = _int_points(polygon[0]) / 1000
-    assert _signed_area(_int_points(polygon[0])) / 1e6 == pytest.approx(16 - 0.5)  # four cut corners
+    assert _signed_area(_int_points(polygon[0])) / 1e6 == pytest.approx(16)  # along the token edges
+    assert _signed_area(_int_points(polygon[1])) / 1e6 == pytest.approx(-4)
     assert pts[:, 0].min() == 1.0 and pts[:, 0].max() == 5.0  # pixel edges, not centres
-    # lossless simplification: a rectangle keeps only its 8 corner points (+ closing one)
+    # lossless simplification: a rectangle keeps only its 4 corner points (+ closing one)
     rect = np.zeros((10, 20), bool)
     rect[2:8, 3:17] = True
     (only,) = mask_polygons(rect, token_size=(2.0, 3.0), origin=(100.0, 50.0))
-    assert len(only[0]) == 9
+    assert len(only[0]) == 5
     xs, ys = np.array(only[0])[:, 0], np.array(only[0])[:, 1]
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (106.0, 134.0, 56.0, 74.0)
-    # pixels touching only at a corner are separate polygons that do not touch
+    # an isolated token is its square (as napari paints it), not a diamond through the edge midpoints
+    single = np.zeros((3, 3), bool)
+    single[1, 1] = True
+    (square,) = mask_polygons(single, token_size=(10.0, 20.0), origin=(5.0, 0.0))
+    assert sorted(map(tuple, square[0][:-1])) == [(15.0, 20.0), (15.0, 40.0), (25.0, 20.0), (25.0, 40.0)]
+    # pixels touching only at a corner are separate polygons, meeting at that corner only
     diag = np.eye(3, dtype=bool)
     polys = mask_polygons(diag)
-    assert len(polys) == 3
+    assert len(polys) == 3 and all(len(p[0]) == 5 for p in polys)
+    assert_valid_multipolygon(polys)
+    # one group around a hole that reaches the outside only through a corner: the hole is a
+    # ring of its own that touches the exterior at that corner (each ring stays simple)
+    notch = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 0]], bool)
+    (polygon,) = mask_polygons(notch)
+    assert len(polygon) == 2
+    assert_valid_multipolygon([polygon])
+    assert _signed_area(_int_points(polygon[0])) / 1e6 == pytest.approx(8) and len(polygon[1]) == 5
+
+
+def test_polygon_area_equals_the_tokens_it_covers() -> None:
+    """The exported area is exactly the painted area: token count x token area (minus the cut at the slide's edge)."""
+    rng = np.random.default_rng(7)
+    mask = rng.random((23, 31)) < 0.5
+    token = (7.5, 11.25)
+    polys = mask_polygons(mask, token_size=token)
+    area = sum(_signed_area(_int_points(p[0])) + sum(_signed_area(_int_points(h)) for h in p[1:]) for p in polys) / 1e6
+    assert area == pytest.approx(mask.sum() * token[0] * token[1])
     assert_valid_multipolygon(polys)
 
 

@@ -3,12 +3,13 @@
 For each class, the heatmap pixels whose probability is above ``threshold`` (skipped,
 background regions never are) are traced into polygons:
 
-* each 4-connected group of pixels becomes one polygon, with its holes, traced by marching
-  squares (:func:`skimage.measure.find_contours`) at the pixel edges, so corners are cut
-  diagonally through the edge midpoints. Marching squares never lets two contours touch or
-  cross, so the rings are simple and the polygons of a class are disjoint: valid geometry by
-  construction, which the simplification keeps: it drops only vertices that lie on a straight
-  line between their neighbours (lossless, so it cannot make a ring cross itself);
+* each 4-connected group of pixels becomes one polygon, with its holes, traced along the
+  pixel edges: a token is an axis-aligned square of level-0 pixels, so the polygons are exactly
+  the blocks a viewer paints (napari shows the same shapes as QuPath; an isolated token is a
+  square). Where two pixels of one group meet only at a corner the outline turns there so
+  that it passes each corner once: every ring is simple, and rings (a hole and its exterior,
+  or two polygons of a class) meet at most at single corner points, as OGC geometry allows. The simplification drops only
+  vertices on a straight line between their neighbours (lossless);
 * coordinates go to level-0 pixels through the heatmap geometry (``origin + index *
   token_size``), and the parts of the last regions that pad the slide are cut off at the
   slide's edge: every coordinate is inside ``[0, width] x [0, height]``;
@@ -60,7 +61,7 @@ def mask_polygons(
         first_row_out = max(0, int(np.ceil((bounds[1] - oy) / th - 1e-9)))
         mask[:, first_col_out:] = False
         mask[first_row_out:, :] = False
-    labels, n = ndi.label(mask)  # 4-connected, as marching squares with fully_connected="low"
+    labels, n = ndi.label(mask)  # 4-connected: pixels meeting only at a corner are separate polygons
     polygons: list[list[Ring]] = []
     for k, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
@@ -72,9 +73,9 @@ def mask_polygons(
         r0, c0 = box[0].start - 1, box[1].start - 1  # the padding shifts indices by one
         polygon: list[Ring] = []
         for idx, ring in enumerate(rings):
-            # contour point (row, col) lies on pixel edges at index + 0.5
-            xs = ox + (ring[:, 1] + c0 + 0.5) * tw
-            ys = oy + (ring[:, 0] + r0 + 0.5) * th
+            # ring point (row, col) is the top-left corner of pixel (row, col) of the padded box
+            xs = ox + (ring[:, 1] + c0) * tw
+            ys = oy + (ring[:, 0] + r0) * th
             pts = np.stack([xs, ys], axis=1)
             pts = np.round(pts, decimals)
             if bounds is not None:  # rounded down, so the rounded coordinates stay inside too
@@ -153,18 +154,76 @@ def write_geojson(
 def _component_rings(sub: np.ndarray) -> list[np.ndarray]:
     """Rings of one 4-connected component (zero-padded): the exterior first, then the holes.
 
-    Points are (row, col) in ``sub``'s index space, simplified losslessly, not closed.
+    Points are pixel corners ``(row, col)`` in ``sub``'s index space (corner ``(r, c)`` is the
+    top-left of pixel ``(r, c)``), simplified losslessly, not closed.
     """
-    from skimage.measure import find_contours
-
-    contours = find_contours(sub, 0.5, fully_connected="low")
     rings = []
-    for contour in contours:
-        ring = contour[:-1] if np.array_equal(contour[0], contour[-1]) else contour
+    for ring in _trace_pixel_edges(np.asarray(sub, dtype=bool)):
         ring = _drop_collinear_exact(ring)
         if len(ring) >= 3:
             rings.append(ring)
     rings.sort(key=lambda r: -abs(_signed_area(r[:, ::-1])))  # the exterior encloses the rest
+    return rings
+
+
+# Unit steps (d_col, d_row) of the four edge directions; a turn to the right (on screen, rows
+# growing downwards) takes (dc, dr) to (-dr, dc).
+_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def _trace_pixel_edges(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed outlines along the pixel edges of a zero-bordered mask, as ``(n, 2)`` (row, col) corners.
+
+    Every edge between a pixel of the mask and one outside it is directed so that the mask is
+    on the same side, which makes each corner the start of as many edges as end there (one or
+    two). A corner where two mask pixels meet only diagonally (a saddle) starts two: taking the
+    right turn there joins the two pixels' outlines, so a ring never passes a corner twice and
+    the outside pixels stay apart. Rings meet other rings at most at such corners.
+    """
+    rows, cols = mask.shape
+    inside = mask[1:-1, 1:-1]
+    r, c = np.nonzero(inside)
+    r, c = r + 1, c + 1
+    starts, steps = [], []
+    # a side of pixel (r, c) that faces an outside pixel, as (start corner, step)
+    for (dr, dc), (sr, sc), step in (
+        ((-1, 0), (0, 1), 2),   # top: from its top-right corner leftwards
+        ((1, 0), (1, 0), 0),    # bottom: from its bottom-left corner rightwards
+        ((0, -1), (0, 0), 1),   # left: from its top-left corner downwards
+        ((0, 1), (1, 1), 3),    # right: from its bottom-right corner upwards
+    ):
+        facing = ~mask[r + dr, c + dc]
+        starts.append(np.stack([r[facing] + sr, c[facing] + sc], axis=1))
+        steps.append(np.full(int(facing.sum()), step))
+    start = np.concatenate(starts).astype(np.int64)
+    step = np.concatenate(steps)
+    n = len(start)
+    if n == 0:
+        return []
+    width = cols + 1
+    vertex = start[:, 0] * width + start[:, 1]
+    # outgoing edges by start corner: at most two (a saddle), found by (corner, step)
+    by_start = {(int(v), int(s)): k for k, (v, s) in enumerate(zip(vertex, step))}
+    first_out: dict[int, int] = {}
+    second_out: dict[int, int] = {}
+    for k, v in enumerate(vertex.tolist()):
+        (second_out if v in first_out else first_out)[v] = k
+    used = np.zeros(n, dtype=bool)
+    rings = []
+    for seed in range(n):
+        if used[seed]:
+            continue
+        ring, k = [], seed
+        while not used[k]:
+            used[k] = True
+            ring.append(start[k])
+            dc, dr = _STEPS[step[k]]
+            end = (int(start[k, 0]) + dr) * width + int(start[k, 1]) + dc
+            if end in second_out:  # a saddle: turn right
+                k = by_start[(end, _STEPS.index((-dr, dc)))]
+            else:
+                k = first_out[end]
+        rings.append(np.asarray(ring, dtype=np.float64))
     return rings
 
 
