@@ -18,6 +18,8 @@ def test_every_python_package_is_listed_in_setup_cfg() -> None:
     found = {".".join(p.parent.relative_to(REPO).parts) for p in REPO.glob("xt_core/**/__init__.py")}
     found |= {".".join(p.parent.relative_to(REPO).parts) for p in REPO.glob("napari_xt/**/__init__.py")}
     found.add("xt_core.sample_data")  # the top-level sample_data/ folder, mapped by package_dir
+    assert (REPO / "bench" / "__init__.py").is_file()
+    found.add("xt_bench")  # the top-level bench/ folder, mapped by package_dir
     assert found == _listed_packages()
 
 
