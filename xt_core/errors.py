@@ -15,6 +15,18 @@ import os
 class XTError(Exception):
     """Base of every error napari-xt raises on purpose (bad input, bad model file, ...)."""
 
+    def __reduce__(self):
+        # Pickled whole (args and attributes, whatever the subclass's __init__ takes), so that a
+        # slide's error raised on a Dask worker reaches the client as the same error.
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore_error(cls: type, args: tuple, state: dict) -> XTError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class PathError(XTError):
     """An error about one file: ``str(err)`` is ``"<path>: <reason>"`` (``"; <fix>"`` where one is known)."""
@@ -59,3 +71,7 @@ class NoDefaultModelError(ModelFileError):
     def __init__(self) -> None:
         super().__init__("default model", "no bundled default model in this install",
                          fix="give a model (a checkpoint folder)")
+
+
+class SchedulerError(PathError):
+    """A Dask scheduler that cannot be reached, or went away during a batch (``path``: its address)."""

@@ -85,6 +85,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="tissue fraction a region needs to be analysed (default: the model's)")
 
 
+def add_dask_options(parser: argparse.ArgumentParser) -> None:
+    """Where a batch runs: in this process (default) or on Dask workers."""
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the slides on Dask workers: a scheduler's address (tcp://host:port), or 'local' to "
+                             "start worker processes on this machine (needs: pip install 'napari-xt[dask]')")
+    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                        help="with --scheduler local: N worker processes, one slide each at a time "
+                             "(default: one per GPU, else one per 4 cores)")
+
+
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
     """What segmentation writes: heatmap kind, polygon threshold, preview size."""
     parser.add_argument("--labels", action="store_true",

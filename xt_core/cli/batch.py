@@ -3,8 +3,11 @@
 Writes every slide's outputs (as ``classify``, or ``segment`` with ``--segment``) and
 ``<out>/summary.csv`` (slide, status, prediction, p_<class>..., seconds, error), rewritten after
 every slide. A bad slide is a ``failed`` row and the batch goes on. ``--resume`` skips slides
-whose outputs are complete. Exit codes: 0 all done, 1 some slides failed, 2 nothing could start
-(bad options, no slides, no model), 130 interrupted (Ctrl-C; run again with ``--resume``).
+whose outputs are complete. ``--scheduler ADDRESS`` runs the slides on Dask workers
+(``--scheduler local --jobs N``: N worker processes on this machine) with the same outputs.
+Exit codes: 0 all done, 1 some slides failed, 2 nothing could start (bad options, no slides, no
+model, no scheduler) or the scheduler went away (the summary marks the unfinished slides
+``interrupted``), 130 interrupted (Ctrl-C; run again with ``--resume``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import sys
 
 from xt_core.cli._options import (
+    add_dask_options,
     add_model_options,
     add_output_options,
     add_segment_options,
@@ -30,6 +34,7 @@ def add_parser(sub, name: str, parents) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs and summary.csv")
     p.add_argument("--segment", action="store_true", help="also write heatmap OME-TIFF, PNG preview and GeoJSON")
     p.add_argument("--resume", action="store_true", help="skip slides whose outputs are already complete")
+    add_dask_options(p)
     add_model_options(p)
     add_slide_options(p)
     add_segment_options(p)
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_batch(args.inputs, args.out, model=args.model, segment=args.segment, resume=args.resume,
-                            settings=settings_from_args(args), progress=not args.quiet, on_slide=report)
+                            settings=settings_from_args(args), progress=not args.quiet, on_slide=report,
+                            scheduler=args.scheduler, jobs=args.jobs)
     except BatchInterrupted as stop:
         summary = stop.summary
         print(f"interrupted: {summary.done} of {len(summary.rows)} slides done; summary in {summary.summary_path}; "
