@@ -113,7 +113,15 @@ def _encoder_child(slide_path: str, batch_size: int, regions: int, repeats: int)
 
 # ----------------------------------------------------------------------------- read split
 def read_split(slide_path: Path, *, regions: int = 400, batch_size: int = 8) -> dict[str, Any]:
-    """One reader thread's milliseconds per region: decode (level pixels) and resample (to the target)."""
+    """One reader thread's milliseconds per region: decode (level pixels) and resample (to the
+    target), measured in a child so that this process stays small (Linux hands a parent's peak
+    RSS on to the children it starts, which would spoil their figures)."""
+    code = ("import json\nfrom xt_bench.scale import _read_split_child\n"
+            f"print(json.dumps(_read_split_child({str(slide_path)!r}, {regions}, {batch_size})))\n")
+    return json.loads(run_child([sys.executable, "-c", code])["stdout"].strip().splitlines()[-1])
+
+
+def _read_split_child(slide_path: str, regions: int, batch_size: int) -> dict[str, Any]:
     from xt_core.api import resolve_model
     from xt_core.slide import open_slide
     from xt_core.slide.resample import shrink_by

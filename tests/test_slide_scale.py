@@ -43,7 +43,11 @@ _OPEN_CHILD = textwrap.dedent(
         info = slide.info()
         np.save(out, slide.read_region((x, y), 0, (w, h)))
     info["torch_imported"] = "torch" in sys.modules
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large
+    # pytest process would report the parent's peak
+    with open("/proc/self/status") as fh:
+        hwm_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    info["peak_rss_mb"] = hwm_kb / 1024
     print(json.dumps(info))
     """
 )
