@@ -3,6 +3,8 @@
 Kept out of the engine (``xt_core``): they measure it, print figures, and are never asserted
 in tests. ``reading`` (regions read and decoded per second), ``model`` (end to end against
 the encoder alone), ``memory`` (peak memory against slide size, a fresh process per size),
-``slides`` (generated pyramids of real tiles). The ``run_*.py`` scripts beside them
+``slides`` (generated pyramids of real tiles), ``context`` (context encoders at whole-slide
+length: the selective scan, HyperAttention against exact attention, memory at inference and
+in a training step). The ``run_*.py`` scripts beside them
 regenerate the README's tables (``make bench``).
 """

@@ -29,3 +29,20 @@ def test_attention_weights_sum_to_one_and_follow_the_scores() -> None:
 def test_segmentation_upsampling_shape() -> None:
     head = SegmentationHead(8, 4, upsample=2)
     assert head(torch.randn(1, 6, 8)).shape == (1, 6, 2, 2, 4)
+
+
+def test_forward_pools_in_chunks_equal_to_all_at_once(monkeypatch) -> None:
+    """The heads' own forward streams (what inference and training call); chunks change nothing."""
+    from xt_core.models import heads
+
+    torch.manual_seed(2)
+    tokens = torch.randn(2, 50, 16, dtype=torch.float64, requires_grad=True)
+    for head in (AttentionPoolClassifier(16, 3).double(), MeanPoolClassifier(16, 3).double()):
+        monkeypatch.setattr(heads, "POOL_CHUNK", 1000)
+        whole = head(tokens)
+        (grad_whole,) = torch.autograd.grad(whole.square().sum(), tokens)
+        monkeypatch.setattr(heads, "POOL_CHUNK", 7)
+        chunked = head(tokens)
+        (grad_chunked,) = torch.autograd.grad(chunked.square().sum(), tokens)
+        torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad_chunked, grad_whole, rtol=1e-10, atol=1e-12)

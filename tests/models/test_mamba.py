@@ -4,6 +4,7 @@ parameter contract."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from xt_core.models.context import CONTEXT_ENCODERS, create_context_encoder
-from xt_core.models.context.mamba import MambaBlock, MambaContextEncoder, MambaMixer, RMSNorm
 from xt_core.models.context import selective_scan as scan_module
+from xt_core.models.context.mamba import MambaBlock, MambaContextEncoder, MambaMixer, RMSNorm
 from xt_core.models.context.selective_scan import (
     _scan_with_initial_state,
     selective_scan,
@@ -123,6 +124,86 @@ def test_chunked_scan_matches_reference_forward_and_backward(dtype, length, chun
     _assert_all_close(actual, expected, dtype)
 
 
+@pytest.fixture
+def small_groups(monkeypatch):
+    """One chunk per group, so that the tiny test tensors span many groups (the plan, the
+    carried state and the backward pass's group-by-group recomputation all come into play)."""
+    monkeypatch.setattr(scan_module, "_GROUP_BYTES", 1)
+
+
+OPTIONAL = ("D", "z", "delta_bias", "initial_state")
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("present", list(itertools.product([False, True], repeat=len(OPTIONAL))))
+def test_chunked_scan_equals_reference_to_1e10_with_any_optional_arguments(small_groups, present, softplus):
+    inputs = _scan_inputs(45, torch.float64, seed=11)
+    inputs = {k: v for k, v in inputs.items() if k not in OPTIONAL or present[OPTIONAL.index(k)]}
+
+    def run(scan, **kwargs):
+        y, last = scan(**inputs, delta_softplus=softplus, return_last_state=True, **kwargs)
+        weights = torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).reshape(y.shape)
+        grads = torch.autograd.grad((y * weights).sum() + last.square().sum(), list(inputs.values()))
+        return {"y": y, "last_state": last, **{f"grad_{k}": g for k, g in zip(inputs, grads)}}
+
+    _assert_all_close(run(selective_scan_chunked, chunk_size=8), run(selective_scan_reference), torch.float64)
+
+
+def test_chunked_scan_gradcheck_across_groups(small_groups):
+    inputs = _scan_inputs(19, torch.float64, seed=12)
+    names = list(inputs)
+
+    def scan(*tensors):
+        return selective_scan_chunked(**dict(zip(names, tensors)), delta_softplus=True, return_last_state=True,
+                                      chunk_size=4)  # fmt: skip
+
+    assert torch.autograd.gradcheck(scan, tuple(inputs.values()), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_chunk_plan_shortens_chunks_only_where_decays_are_strong(small_groups):
+    """Weak decays in the first half, strong in the second: long chunks then short ones,
+    each within the exponent limit, and the result still the recurrence's."""
+    inputs = _scan_inputs(64, torch.float64, full=False, seed=13)
+    with torch.no_grad():
+        inputs["delta"][..., :32] = 0.01
+        inputs["delta"][..., 32:] = 12.0  # 16 steps of up to 12 * max|A| pass the float64 limit of 300
+    time_major = inputs["delta"].detach().permute(2, 0, 1)  # (L, batch, d_inner), as the scan holds it
+    plan = scan_module._chunk_plan(time_major, inputs["A"].detach(), 16, 16)
+    assert plan[:2] == [16, 16] and all(size < 16 for size in plan[2:]), plan
+    limit = scan_module._EXPONENT_LIMIT[torch.float64]
+    steps = (inputs["delta"].detach() * inputs["A"].detach().abs().amax(1)[:, None]).amax(dim=(0, 1))
+    for k, size in enumerate(plan):
+        reach = steps[16 * k : 16 * (k + 1)].view(-1, size)[:, 1:].sum(-1).max()
+        assert reach <= limit or size == 1
+    expected = _outputs_and_grads(selective_scan_reference, inputs)
+    _assert_all_close(_outputs_and_grads(selective_scan_chunked, inputs, chunk_size=16), expected, torch.float64)
+
+
+def _saved_bytes_per_token(d_inner: int, d_state: int, length: int = 256) -> float:
+    """Bytes autograd keeps per token for one scan with every input requiring grad."""
+    g = torch.Generator().manual_seed(14)
+    u, delta, z = (torch.randn(1, d_inner, length, generator=g, requires_grad=True) for _ in range(3))
+    B, C = (torch.randn(1, d_state, length, generator=g, requires_grad=True) for _ in range(2))
+    A = -torch.rand(d_inner, d_state, generator=g).add(0.5).requires_grad_()
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan_chunked(u, delta, A, B, C, z=z, delta_softplus=True)
+    return sum(saved) / length
+
+
+def test_chunked_scan_keeps_inputs_not_states_for_backward():
+    """What autograd keeps grows with d_inner + d_state per token, not d_inner * d_state:
+    the backward pass recomputes the states group by group."""
+    small, large = _saved_bytes_per_token(64, 4), _saved_bytes_per_token(64, 64)
+    assert large - small <= 4 * (64 - 4) * 4 + 1024, (small, large)  # B, C and a state per group
+    assert large < 64 * 64 * 4 / 4, large  # a quarter of one float32 state per token
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_chunked_scan_matches_reference_without_optional_arguments(dtype):
     inputs = _scan_inputs(45, dtype, full=False)
@@ -133,8 +214,8 @@ def test_chunked_scan_matches_reference_without_optional_arguments(dtype):
 
 
 def test_chunked_scan_is_stable_on_long_sequences_with_strong_decay():
-    """Steps of ~4 against |A| up to 16 make the chunk's cumulative log decay reach -8000;
-    an exp(-cumsum) formulation overflows there, products of decays do not."""
+    """Steps of ~4 against |A| up to 16 make a chunk's cumulative log decay reach -8000:
+    exp(-cumsum) over such a chunk would overflow, so the chunks shrink instead."""
     length = 600
     inputs = _scan_inputs(length, torch.float32, full=False, seed=3)
     with torch.no_grad():

@@ -17,9 +17,11 @@ from xt_core.tokenize import make_region_grid
 from xt_core.train.augment import AugmentConfig, augment_regions, region_seeds
 from xt_core.train.streaming import (
     LossWeights,
+    ReencodingError,
     SlideRegions,
     SlideTargets,
     TensorRegions,
+    check_reencoded,
     encode_features,
     set_train_mode,
     slide_loss,
@@ -245,3 +247,35 @@ def test_frozen_step_trains_projection_context_and_heads(cmu) -> None:
     ref_loss, ref = _full_backward(model, images, rows, cols, targets)
     assert result.loss == pytest.approx(ref_loss, rel=1e-5)
     _assert_same_grads(frozen, ref)
+
+
+class UnseededJitter(TensorRegions):
+    """A region source that forgets to seed its augmentation: every call jitters the pixels anew."""
+
+    def batches(self, batch_size: int):
+        rng = np.random.default_rng()  # unseeded: pass 1 and pass 2 see different pixels
+        for start, images in super().batches(batch_size):
+            noise = torch.from_numpy(rng.integers(-40, 41, images.shape)).to(torch.int16)
+            yield start, (images.to(torch.int16) + noise).clamp(0, 255).to(torch.uint8)
+
+
+def test_pass_two_refuses_tokens_that_differ_from_pass_one(cmu) -> None:
+    """An unseeded random source would give gradients tens of percent off, silently: the step
+    raises instead, naming the source; the seeded path (augmented, dropout replayed) does not."""
+    idx, images, rows, cols = _first(cmu)
+    model = _model(cmu_model("attention", depth=1, dropout=0.2), dtype=torch.float32)
+    targets = _targets(len(idx), model.tokens_per_region, seed=5)
+    seeded = TensorRegions(images, rows, cols, seeds=region_seeds(0, 0, 0, idx), augment=AUG)
+    train_step(model, seeded, targets, mode="exact", batch_size=4)  # no error
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(ReencodingError, match=r"regions 0-3 of UnseededJitter\(8 regions\)"):
+        train_step(model, UnseededJitter(images, rows, cols), targets, mode="exact", batch_size=4)
+
+
+def test_reencoding_check_tolerates_rounding_only() -> None:
+    tokens = torch.randn(4, 4, 8)
+    check_reencoded("src", 0, tokens * (1 + 1e-5), tokens)  # rounding-level: accepted
+    with pytest.raises(ReencodingError, match="regions 8-11 of 'src'"):
+        check_reencoded("src", 8, tokens + 0.01 * tokens.abs().max(), tokens)
+    with pytest.raises(ReencodingError):
+        check_reencoded("src", 0, torch.full_like(tokens, float("nan")), tokens)

@@ -22,6 +22,10 @@ tokens of pass 1:
 * the RNG state is saved before each pass-1 batch and restored before the same pass-2 batch
   (as :mod:`torch.utils.checkpoint` does), so dropout / drop-path masks repeat; the global
   RNG is left as pass 1 left it;
+* pass 2 checks each re-encoded batch against pass 1's tokens (one comparison, no extra
+  forward) and raises :class:`ReencodingError`, naming the region source, when they differ
+  beyond rounding: a source with unseeded randomness would otherwise give silently wrong
+  gradients;
 * BatchNorm layers of the region encoder are kept in eval mode (frozen running statistics,
   :func:`set_train_mode` with ``freeze_bn=True``, the default). In train mode BatchNorm would
   normalise with statistics of whatever regions share a batch and update its running
@@ -59,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt_core.errors import XTError
 from xt_core.models.position import flatten_region_maps
 from xt_core.models.xt import XTModel
 from xt_core.slide import Slide
@@ -69,12 +74,14 @@ from xt_core.train.augment import AugmentConfig, augment_regions
 
 __all__ = [
     "LossWeights",
+    "ReencodingError",
     "RegionSource",
     "SlideRegions",
     "SlideTargets",
     "StepResult",
     "TensorRegions",
     "autocast_factory",
+    "check_reencoded",
     "encode_features",
     "forward_features",
     "forward_regions",
@@ -116,6 +123,10 @@ class TensorRegions:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:
+        augment = ", augmented" if self.augment is not None else ""
+        return f"{type(self).__name__}({len(self)} regions{augment})"
+
     def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             images = self.images[start : start + batch_size]
@@ -143,6 +154,10 @@ class SlideRegions:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __repr__(self) -> str:
+        augment = ", augmented" if self.augment is not None else ""
+        return f"{type(self).__name__}({getattr(self.slide, 'path', self.slide)}, {len(self)} regions{augment})"
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         start = 0
@@ -295,17 +310,47 @@ def _encode_all(
     return tokens, states
 
 
+class ReencodingError(XTError):
+    """Pass 2 of an exact step re-encoded a batch to other tokens than pass 1: the region source
+    (or the region encoder) is not reproducible, and the step's gradient would be wrong."""
+
+
+#: How far a re-encoded batch may be from pass 1's tokens, relative to the batch's largest
+#: token entry: kernels may differ at rounding level (autocast, non-deterministic GPU
+#: kernels); different pixels or unreplayed randomness move tokens by orders of magnitude more.
+REENCODE_TOLERANCE = 1e-3
+
+
+def check_reencoded(source: RegionSource, start: int, reencoded: torch.Tensor, first: torch.Tensor,
+                    tolerance: float = REENCODE_TOLERANCE) -> None:
+    """Raise :class:`ReencodingError` when pass 2's tokens of regions ``start...`` are not pass 1's."""
+    reencoded = reencoded.detach().to(first.dtype)
+    scale = float(first.abs().max()) if first.numel() else 0.0
+    difference = float((reencoded - first).abs().max()) if first.numel() else 0.0
+    if difference > tolerance * max(scale, torch.finfo(first.dtype).tiny) or difference != difference:
+        end = start + first.shape[0] - 1
+        raise ReencodingError(
+            f"pass 2 of the exact step re-encoded regions {start}-{end} of {source!r} to other tokens than "
+            f"pass 1 (largest difference {difference:.3g}, {difference / max(scale, 1e-30):.1%} of the largest "
+            f"token entry; tolerance {tolerance:.1%}), so the gradient would be wrong. A region source must "
+            "give the same pixels on every call (draw augmentation from per-region seeds, "
+            "xt_core.train.augment.region_seeds), and the region encoder may only draw from torch's RNG, "
+            "which the step replays")
+
+
 def _backprop_regions(
     model: XTModel, source: RegionSource, batch_size: int, device: torch.device, amp: AmpFactory,
-    grad_tokens: torch.Tensor, states: list,
+    grad_tokens: torch.Tensor, states: list, tokens: torch.Tensor,
 ) -> None:
-    """Pass 2: re-encode each batch with gradient and back-propagate its token gradients."""
+    """Pass 2: re-encode each batch with gradient, check it is pass 1's, back-propagate its token gradients."""
+    tokens = tokens.detach()
     with _fork_rng(device):
         for k, (start, images) in enumerate(source.batches(batch_size)):
             if states:
                 _set_rng_state(states[k], device)
             with amp():
                 out = model.encode_regions(images.to(device, non_blocking=True))
+            check_reencoded(source, start, out, tokens[start : start + images.shape[0]])
             grad = grad_tokens[start : start + images.shape[0]]
             out.to(grad.dtype).backward(grad)
             del out
@@ -409,7 +454,7 @@ def train_step(
             _backward(loss, scale, scaler)
             grad_tokens = tokens.grad
     if loss is not None and grad_tokens is not None and encoder_trains:
-        _backprop_regions(model, source, batch_size, device, amp, grad_tokens, states)
+        _backprop_regions(model, source, batch_size, device, amp, grad_tokens, states, tokens)
     return _result(loss, parts, out, len(source))
 
 

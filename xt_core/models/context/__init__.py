@@ -3,7 +3,7 @@
 ``create_context_encoder(name, dim=..., ...)`` builds any of them; see ``base.py``.
 """
 
-from xt_core.models.context import attention, mamba, none, transformer_xl  # noqa: F401  (registers)
+from xt_core.models.context import attention, hyper, mamba, none, transformer_xl  # noqa: F401  (registers)
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder, create_context_encoder
 
 __all__ = ["CONTEXT_ENCODERS", "ContextEncoder", "create_context_encoder"]

@@ -1,7 +1,9 @@
 """``attention``: exact global non-causal self-attention over all region tokens.
 
 Every token sees every other token of the slide, so this is the reference the bounded
-encoders (``transformer_xl``, ``mamba``) are judged against. The attention itself goes
+encoders (``transformer_xl``, ``mamba``, ``hyper``) are judged against. Its time is
+quadratic in the token count (one layer: ~1 s at 8k tokens, ~54 s at 64k on one CPU core);
+``hyper`` is the global attention for long slides. The attention itself goes
 through ``torch.nn.functional.scaled_dot_product_attention``, which on CUDA picks a
 flash / memory-efficient kernel whose memory is linear in the sequence length. Off CUDA
 the math path would build the full ``L x L`` score matrix, so queries are processed in
@@ -17,6 +19,7 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
+from xt_core.models.context.recompute import checkpointed, recomputing
 
 
 def chunked_attention(
@@ -63,23 +66,26 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.split_heads(x)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The attention core on ``(B, H, L, head_dim)`` tensors: exact softmax attention here;
+        subclasses (``hyper``) replace only this."""
         dropout_p = self.dropout if self.training else 0.0
-        out = chunked_attention(q, k, v, self.query_chunk, dropout_p)
+        return chunked_attention(q, k, v, self.query_chunk, dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.attend(*self.split_heads(x))
         batch, _, length, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``, around any attention
+    module that maps ``(B, L, D)`` to ``(B, L, D)`` (:class:`SelfAttention` or a subclass)."""
 
-    def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, dropout: float, query_chunk: int | None
-    ) -> None:
+    def __init__(self, dim: int, mlp_ratio: float, dropout: float, attention: nn.Module) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim)
-        self.attn = SelfAttention(dim, heads, dropout, query_chunk)
+        self.attn = attention
         self.mlp_norm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
@@ -100,6 +106,8 @@ class AttentionContext(ContextEncoder):
         mlp_ratio: gated-MLP width relative to ``dim`` (before LLaMA's 2/3 factor).
         dropout: dropout on attention weights and residual branches.
         query_chunk: queries per SDPA call off CUDA (``None`` = no chunking).
+        recompute: under autograd, keep only each layer's input and run the layer again in
+            backward (:mod:`recompute`): same gradient, one layer's activations alive.
     """
 
     def __init__(
@@ -110,14 +118,17 @@ class AttentionContext(ContextEncoder):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         query_chunk: int | None = 4096,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if query_chunk is not None and query_chunk < 1:
             raise ValueError(f"query_chunk must be positive or None, got {query_chunk}")
         self.dim = dim
+        self.recompute = recompute
         self.heads = check_heads(dim, heads)
         self.blocks = nn.ModuleList(
-            AttentionBlock(dim, self.heads, mlp_ratio, dropout, query_chunk) for _ in range(depth)
+            AttentionBlock(dim, mlp_ratio, dropout, SelfAttention(dim, self.heads, dropout, query_chunk))
+            for _ in range(depth)
         )
         self.norm = RMSNorm(dim)
 
@@ -132,7 +143,13 @@ class AttentionContext(ContextEncoder):
             block.attn.query_chunk = value
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = tokens
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return run_blocks(self, tokens)
+
+
+def run_blocks(encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``encoder.norm`` after ``encoder.blocks`` in order, each checkpointed when recomputing."""
+    recompute = recomputing(encoder, tokens)
+    x = tokens
+    for block in encoder.blocks:
+        x = checkpointed(block, x) if recompute else block(x)
+    return encoder.norm(x)

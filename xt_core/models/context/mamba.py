@@ -23,8 +23,8 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm
+from xt_core.models.context.recompute import checkpointed, recomputing
 from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
-
 
 #: mamba-ssm's RMSNorm epsilon (the transformers' norms use 1e-6).
 NORM_EPS = 1e-5
@@ -174,20 +174,34 @@ class MambaBlock(nn.Module):
         return x + mixed, new_state
 
 
-def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int) -> torch.Tensor:
+def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int, recompute: bool = False) -> torch.Tensor:
     """Run ``block`` over ``tokens`` in segments, carrying its state, as if in one pass.
 
-    Segments bound the PyTorch scan's memory. mamba-ssm's kernel needs none (it never
-    stores the per-token states and recomputes them in its backward) and cannot
-    backpropagate through a carried state, so on that path the sequence goes through whole.
+    Segments bound the working memory. With ``recompute`` (under autograd) each segment is
+    checkpointed: backward runs it again from its input and the carried state, segment by
+    segment in reverse, and back-propagates into the state carried from the segment before.
+    mamba-ssm's kernel cannot backpropagate through a carried state, so on that path the
+    sequence goes through whole (checkpointed as one piece).
     """
     length = tokens.shape[1]
     if length <= segment_len or fused_scan_available(tokens):
-        return block(tokens)
+        return checkpointed(block, tokens) if recompute else block(tokens)
     state: Optional[MixerState] = None
+    if not torch.is_grad_enabled():
+        # Each segment's output straight into the result: no small long-lived tensors between
+        # one segment's transient blocks and the next's (heap fragmentation on glibc).
+        result = torch.empty_like(tokens)
+        for start in range(0, length, segment_len):
+            window = slice(start, start + segment_len)
+            result[:, window], state = block(tokens[:, window], state, return_state=True)
+        return result
     outputs = []
     for start in range(0, length, segment_len):
-        out, state = block(tokens[:, start : start + segment_len], state, return_state=True)
+        segment = tokens[:, start : start + segment_len]
+        if recompute:
+            out, state = checkpointed(block, segment, state, True)
+        else:
+            out, state = block(segment, state, return_state=True)
         outputs.append(out)
     return torch.cat(outputs, dim=1)
 
@@ -198,8 +212,9 @@ class MambaContextEncoder(ContextEncoder):
 
     With ``bidirectional`` (xT's choice) every other layer (the 2nd, 4th, ...) reads the
     sequence back to front, so each token eventually sees the whole slide; without it the
-    encoder is causal in raster order. ``segment_len`` bounds the PyTorch scan's working
-    memory and does not change the result (on mamba-ssm's kernel it is not needed).
+    encoder is causal in raster order. ``segment_len`` bounds the working memory and does
+    not change the result; with ``recompute`` (under autograd) each (layer, segment) is
+    checkpointed, so training keeps one segment's activations plus each layer's output.
     """
 
     def __init__(
@@ -212,12 +227,14 @@ class MambaContextEncoder(ContextEncoder):
         segment_len: int = 2048,
         bidirectional: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if segment_len < 1:
             raise ValueError(f"segment_len must be >= 1, got {segment_len}")
         self.dim = dim
         self.segment_len = segment_len
+        self.recompute = recompute
         self.bidirectional = bidirectional
         self.layers = nn.ModuleList(
             MambaBlock(dim, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size) for _ in range(depth)
@@ -236,12 +253,13 @@ class MambaContextEncoder(ContextEncoder):
         return self.bidirectional and index % 2 == 1
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        recompute = recomputing(self, tokens)
         x = tokens
         for index, layer in enumerate(self.layers):
             backwards = self._reads_backwards(index)
             if backwards:
                 x = x.flip(1)
-            x = _stream_through(layer, x, self.segment_len)
+            x = _stream_through(layer, x, self.segment_len, recompute)
             if backwards:
                 x = x.flip(1)
         return self.norm_f(x)

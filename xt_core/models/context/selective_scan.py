@@ -25,10 +25,12 @@ Arithmetic runs in at least float32 (half inputs are promoted, float64 stays flo
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 ScanResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
@@ -143,54 +145,275 @@ def selective_scan_reference(
 
 
 # --------------------------------------------------------------------------- chunked
+#
+# Within a chunk of T steps the recurrence has a closed form. With the log decays
+# ``a_s = delta_s * A`` summed from the chunk's second step, ``rel_t = a_1 + ... + a_t``
+# (``rel_0 = 0``), the states of the chunk are
+#
+#     h_t = exp(rel_t) * P_t,   P_t = exp(a_0) * h_in + cumsum_{s<=t} exp(-rel_s) * delta_s u_s B_s
+#
+# where ``h_in`` is the state entering the chunk. One exp, one reciprocal, one cumsum and a
+# few products per (channel, state, step): O(L) work like the sequential loop, but as tensor
+# operations over whole chunks instead of one Python step per token. Only the chunk-end
+# states are carried sequentially, one small step per chunk. The gradient has the same
+# form run backwards in time (see ``_group_backward``).
+#
+# exp(rel) and exp(-rel) must stay in floating-point range, so a chunk is as long as its
+# decays allow: ``|rel|`` is kept under ``_EXPONENT_LIMIT`` by choosing, for each group of
+# chunks, the longest chunk length (``chunk_size``, its halves, ..., 1) that keeps it there.
+# Strong decays shorten the chunks (down to the sequential loop at length 1) instead of
+# overflowing; the result is the same either way. Every exponent is a sum over the chunk's
+# own steps up to ``t``, so an output does not depend on later steps' arithmetic.
+
+#: The largest |exponent| of a chunk's factorised decays, per compute dtype. exp(40) = 2e17
+#: leaves products with the drive and with gradients far below float32's 3e38; rounding an
+#: exponent of 40 to float32 costs up to ~2e-6 relative, of 300 to float64 ~3e-14.
+_EXPONENT_LIMIT = {torch.float32: 40.0, torch.float64: 300.0}
+
+#: Bytes of one (batch, d_inner, d_state, group) working tensor: a group of tokens is scanned
+#: at once and its few working tensors then stay near the CPU's L2 cache; fewer, larger
+#: groups spend the time in memory traffic, more, smaller ones in Python overhead.
+_GROUP_BYTES = 4 << 20
+
+_LN_2 = math.log(2.0)
+_LOG2_E = 1.0 / _LN_2
 
 
-def _shift_in_time(x: torch.Tensor, offset: int, fill: float) -> torch.Tensor:
-    """``x`` delayed by ``offset`` steps along time (dim -2), the gap filled with ``fill``."""
-    return F.pad(x[..., :-offset, :], (0, 0, offset, 0), value=fill)
+def _group_length(batch: int, d_inner: int, d_state: int, itemsize: int, chunk_size: int, length: int) -> int:
+    """Tokens per group: a multiple of ``chunk_size``, about ``_GROUP_BYTES`` per working tensor."""
+    per_token = max(1, batch * d_inner * d_state * itemsize)
+    group = chunk_size
+    while 2 * group * per_token <= _GROUP_BYTES and group < length:
+        group *= 2
+    return group
 
 
-def _doubling_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """All states ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) of one chunk at once.
+def _chunk_candidates(chunk_size: int) -> list[int]:
+    """``chunk_size`` and its successive halves while even, then 1: all divide ``chunk_size``."""
+    sizes = [chunk_size]
+    while sizes[-1] % 2 == 0:
+        sizes.append(sizes[-1] // 2)
+    return sizes if sizes[-1] == 1 else sizes + [1]
 
-    A Hillis-Steele scan on the pairs ``(decay, drive)``: after the round with offset ``k``
-    each position holds the composition of the last ``2k`` steps, so ``ceil(log2 T)``
-    rounds of elementwise work replace ``T`` sequential steps. Decays are only ever
-    multiplied together (cumulative products of numbers in ``(0, 1]`` when ``delta >= 0``
-    and ``A < 0``), never divided, so nothing overflows however long the chunk; they
-    underflow to zero, which is the correct limit. Time is dim -2, state dim -1.
+
+def _chunk_plan(step: torch.Tensor, A: torch.Tensor, chunk_size: int, group: int) -> list[int]:
+    """The chunk length for each group of ``group`` steps (``step`` time-major ``(L, b, d)``,
+    padded to whole groups).
+
+    A chunk's exponents are its log decays summed from its second step on (the first
+    only scales the state carried in), so they reach at most the sum of ``|log decay|``
+    over steps 2..T. The bound takes, per step, the largest ``|delta| * max|A|`` over batch
+    and channels: cheap, and never below the true reach. The backward pass runs the same
+    chunks in reverse, whose exponents span the same steps.
     """
-    length = decay.shape[-2]
-    offset = 1
-    while offset < length:
-        drive = drive + decay * _shift_in_time(drive, offset, 0.0)
-        if 2 * offset < length:  # the last round does not need the combined decays
-            decay = decay * _shift_in_time(decay, offset, 1.0)
-        offset *= 2
-    return drive
+    limit = _EXPONENT_LIMIT.get(step.dtype, _EXPONENT_LIMIT[torch.float32])
+    per_step = (step.abs() * A.abs().amax(dim=1)).amax(dim=(1, 2))  # (L,)
+    groups = per_step.shape[0] // group
+    plan = torch.ones(groups, dtype=torch.long, device=step.device)
+    for size in sorted(_chunk_candidates(chunk_size))[1:]:  # ascending: longer wins
+        reach = per_step.view(-1, size)[:, 1:].sum(-1)
+        fits = reach.view(groups, group // size).amax(dim=1) <= limit
+        plan = torch.where(fits, size, plan)
+    return plan.tolist()
 
 
-def _scan_chunk(
-    u: torch.Tensor,
-    delta: torch.Tensor,
+def _prefix_sums(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    A_bits: torch.Tensor,
+    B: torch.Tensor,
+    state: torch.Tensor,
+    work: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward closed form of one group up to the states: ``(E, P, gain, injected, last)``.
+
+    Time-major inputs: ``x = delta * u`` and ``step`` ``(c, T, b, d)``, ``B`` ``(c, T, b, n)``;
+    ``A_bits`` is ``A`` transposed to ``(n, d)`` and scaled to base 2, ``state`` ``(b, n, d)``.
+    ``E = exp(rel)`` and ``P`` (the bracket, state carried in included; ``h = E * P``) are
+    ``(c, T, b, n, d)`` views of ``work[0]`` and ``work[1]``; ``gain`` is each chunk's
+    first-step decay and ``injected`` the carried state's share ``exp(a_0) h_in``, both
+    ``(c, b, n, d)``; ``last`` is the state leaving the group.
+    """
+    chunks, chunk, batch, d_inner = x.shape
+    shape = (chunks, chunk, batch, A_bits.shape[0], d_inner)
+    rel = (step.cumsum(1) - step[:, :1]).unsqueeze(3)  # (c, T, b, 1, d): summed steps 2..t
+    # exp2 of the exponent in bits: several times faster than exp on CPUs (a different
+    # vectorised kernel), at the cost of one more rounding of the exponent.
+    decay = torch.mul(rel, A_bits, out=work[0].view(shape)).exp2_()
+    gain = torch.exp2(step[:, 0].unsqueeze(2) * A_bits)
+    drive = torch.reciprocal(decay, out=work[1].view(shape))
+    drive.mul_(x.unsqueeze(3)).mul_(B.unsqueeze(4))
+    sums, ends = drive.sum(1), decay[:, -1]
+    injected = torch.empty_like(gain)
+    for k in range(chunks):
+        torch.mul(gain[k], state, out=injected[k])
+        state = (sums[k] + injected[k]).mul_(ends[k])
+    drive[:, 0].add_(injected)
+    for t in range(1, chunk):
+        drive[:, t].add_(drive[:, t - 1])
+    return decay, drive, gain, injected, state
+
+
+def _group_forward(
+    x: torch.Tensor, step: torch.Tensor, A_bits: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    state: torch.Tensor, work: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``y = <C_t, h_t>`` of one group, time-major ``(c, T, b, d)``, and the state leaving it."""
+    decay, prefix, _, _, state = _prefix_sums(x, step, A_bits, B, state, work)
+    return prefix.mul_(decay).mul_(C.unsqueeze(4)).sum(3), state
+
+
+def _group_backward(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    A_bits: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor,
+    grad_y: torch.Tensor,
+    adjoint_next: torch.Tensor,
+    gain_next: torch.Tensor,
+    work: list[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of one group (time-major, as :func:`_prefix_sums`), from its recomputed
+    states and the adjoint carried back from the group after it.
+
+    The adjoint ``lam_t = dL/dh_t`` obeys ``lam_t = gy_t C_t + a_{t+1} lam_{t+1}``: the
+    forward recurrence backwards in time, so within a chunk ``lam_t = exp(-rel_t) R_t``
+    with ``R_t = sum_{s>=t} exp(rel_s) gy_s C_s`` (plus the next chunk's adjoint, carried in
+    at the chunk's end). Then ``dL/db_t = lam_t`` gives the ``x`` and ``B`` gradients,
+    ``dL/dC_t = sum_d gy_t h_t``, and the gradient of the log decay ``a_t`` is
+    ``lam_t a_t h_{t-1} = R_t P_{t-1}`` (the exponentials cancel), which gives those of
+    ``delta`` (through the decays) and ``A``.
+
+    ``adjoint_next`` is ``lam`` at the next group's first step and ``gain_next`` that step's
+    decay (the last state's gradient and 1 after the sequence), both ``(b, n, d)``. Returns
+    ``(grad_x, grad_step, grad_A, grad_B, grad_C, lam at this group's first step, that
+    step's decay)``, time-major, ``grad_A`` as ``(n, d)``.
+    """
+    chunks, chunk, batch, d_inner = x.shape
+    shape = (chunks, chunk, batch, A_bits.shape[0], d_inner)
+    decay, prefix, gain, injected, _ = _prefix_sums(x, step, A_bits, B, state, work)
+    gy = grad_y.unsqueeze(3)
+
+    source = torch.mul(decay, gy, out=work[2].view(shape)).mul_(C.unsqueeze(4))
+    sums, ends = source.sum(1), decay[:, -1]
+    carried_in = torch.empty_like(sums)
+    adjoint, next_decay = adjoint_next, gain_next
+    for k in reversed(range(chunks)):
+        torch.mul(ends[k], next_decay, out=carried_in[k]).mul_(adjoint)
+        adjoint, next_decay = sums[k] + carried_in[k], gain[k]  # lam at chunk k's first step
+    source[:, -1].add_(carried_in)
+    for t in reversed(range(chunk - 1)):
+        source[:, t].add_(source[:, t + 1])
+    rev = source  # R_t
+
+    # dL/dC_t = sum_d gy_t h_t with h = E * P, then P's buffer is free.
+    products = work[3].view(shape)
+    torch.mul(rev[:, 1:], prefix[:, :-1], out=products[:, 1:])  # R_t P_{t-1}: dL/d(log decay)
+    torch.mul(rev[:, 0], injected, out=products[:, 0])
+    grad_C = prefix.mul_(decay).mul_(gy).sum(4)
+    grad_step = torch.mul(products, A_bits, out=prefix).sum(3).mul_(_LN_2)  # sum_n A (...); A = A_bits ln 2
+    grad_A = products.mul_(step.unsqueeze(3)).sum((0, 1, 2))  # (n, d)
+
+    adjoint_t = rev.mul_(torch.reciprocal(decay, out=prefix))  # lam_t = exp(-rel_t) R_t
+    grad_x = torch.mul(adjoint_t, B.unsqueeze(4), out=decay).sum(3)
+    grad_B = torch.mul(adjoint_t, x.unsqueeze(3), out=decay).sum(4)
+    return grad_x, grad_step, grad_A, grad_B, grad_C, adjoint, next_decay
+
+
+def _new_work(batch: int, d_inner: int, d_state: int, group: int, like: torch.Tensor, count: int) -> list[torch.Tensor]:
+    return [like.new_empty(group, batch, d_state, d_inner) for _ in range(count)]
+
+
+def _time_major(t: torch.Tensor) -> torch.Tensor:
+    """``(b, ch, L)`` -> contiguous ``(L, b, ch)``: time outermost, channels innermost.
+
+    In this layout a group of chunks is a free view ``(c, T, b, ch)``, every broadcast runs
+    along contiguous rows, sums over time or state are over outer dimensions, and a
+    cumulative sum over a chunk is ``T - 1`` additions of whole ``(c, b, n, d)`` slabs: all
+    vectorised, where a cumsum along short innermost rows is not. Mamba's ``delta``, ``z``,
+    ``B`` and ``C`` are views of time-major projections already (free here); the conv
+    output ``u`` is transposed per batch element (a 2-D transpose is several times faster
+    than a general permuted copy).
+    """
+    moved = t.permute(2, 0, 1)
+    if moved.is_contiguous():
+        return moved
+    out = t.new_empty(moved.shape)
+    for i in range(t.shape[0]):
+        out[:, i] = t[i].t()
+    return out
+
+
+def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
+    return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+
+
+def _scan_groups(
+    x: torch.Tensor,
+    step: torch.Tensor,
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    state: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """States of one chunk in parallel; the state carried in enters through the first step.
+    state: torch.Tensor,
+    plan: list[int],
+    group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every group in order, time-major in and out: ``(y, last state, state entering each group)``
+    (states ``(b, n, d)``; the entering ones are kept for the backward pass)."""
+    length, batch, d_inner = x.shape
+    A_bits = (A.t() * _LOG2_E).contiguous()
+    work = _new_work(batch, d_inner, A.shape[1], group, x, 2)
+    y = torch.empty_like(x)
+    entering = []
+    for k, chunk in enumerate(plan):
+        window, chunks = slice(k * group, (k + 1) * group), group // chunk
+        entering.append(state)
+        x_k, step_k, B_k, C_k = (t[window].view(chunks, chunk, batch, -1) for t in (x, step, B, C))
+        y_k, state = _group_forward(x_k, step_k, A_bits, B_k, C_k, state, work)
+        y[window] = y_k.view(group, batch, d_inner)
+    return y, state, torch.stack(entering)
 
-    Working memory is a few ``(batch, d_inner, chunk, d_state)`` tensors per scan round.
+
+class _ChunkedScan(torch.autograd.Function):
+    """The group scan (time-major tensors, state ``(b, n, d)``) with a recomputing backward.
+
+    Autograd through the scan would keep every group's ``(d_inner, d_state)`` tensors per
+    token (tens of KiB a token). Here forward keeps only its inputs and the state entering
+    each group; backward goes through the groups in reverse, recomputes one group's states
+    and carries the adjoint to the group before.
     """
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, T, n)
-    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, T, n)
-    if state is not None:
-        # h_0 = decay_0 * h_in + drive_0: fold the carried state into the first drive.
-        first = drive[:, :, :1] + decay[:, :, :1] * state.unsqueeze(2)
-        drive = torch.cat([first, drive[:, :, 1:]], dim=2)
-    states = _doubling_scan(decay, drive)
-    y = torch.einsum("bdtn,btn->bdt", states, C.transpose(1, 2))
-    return y, states[:, :, -1]
+
+    @staticmethod
+    def forward(ctx, x, step, A, B, C, state, plan, group):  # noqa: D102 (autograd API)
+        y, last, entering = _scan_groups(x, step, A, B, C, state, plan, group)
+        ctx.save_for_backward(x, step, A, B, C, entering)
+        ctx.plan, ctx.group = plan, group
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_last):  # noqa: D102 (autograd API)
+        x, step, A, B, C, entering = ctx.saved_tensors
+        group = ctx.group
+        _, batch, d_inner = x.shape
+        A_bits = (A.t() * _LOG2_E).contiguous()
+        grads = [torch.empty_like(t) for t in (x, step, B, C)]
+        grad_A = torch.zeros_like(A_bits)
+        work = _new_work(batch, d_inner, A.shape[1], group, x, 4)
+        adjoint, next_decay = grad_last.contiguous(), torch.ones_like(grad_last)
+        for k in reversed(range(len(ctx.plan))):
+            window, chunk = slice(k * group, (k + 1) * group), ctx.plan[k]
+            x_k, step_k, B_k, C_k, gy_k = (t[window].view(group // chunk, chunk, batch, -1)
+                                           for t in (x, step, B, C, grad_y))  # fmt: skip
+            parts = _group_backward(x_k, step_k, A_bits, B_k, C_k, entering[k], gy_k, adjoint, next_decay, work)
+            for total, part in zip(grads, (parts[0], parts[1], parts[3], parts[4])):
+                total[window] = part.view(group, batch, -1)
+            grad_A += parts[2]
+            adjoint, next_decay = parts[5], parts[6]
+        grad_x, grad_step, grad_B, grad_C = grads
+        return grad_x, grad_step, grad_A.t(), grad_B, grad_C, next_decay * adjoint, None, None
 
 
 def selective_scan_chunked(
@@ -207,32 +430,45 @@ def selective_scan_chunked(
     return_last_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ScanResult:
-    """The selective scan chunk by chunk: parallel inside a chunk, state carried between.
+    """The selective scan chunk by chunk, in closed form inside a chunk, state carried between.
 
-    The ``(d_inner, d_state)`` state per token is what makes a whole-sequence parallel
-    scan expensive; materialising it only one chunk at a time keeps working memory at
-    ``O(batch * d_inner * d_state * chunk_size * log2(chunk_size))`` whatever ``L`` is.
-    (Under autograd the saved activations still grow with ``L``, as for any scan that
-    does not recompute.) Same arguments and results as :func:`selective_scan_reference`.
+    ``chunk_size`` is the longest chunk; chunks shrink where decays are strong (see the
+    section comment). Working memory is a few ``(batch, d_inner, d_state, group)`` tensors
+    whatever ``L`` is; under autograd the scan keeps its ``(batch, d_inner | d_state, L)``
+    inputs and one state per group, and its backward pass recomputes the states. Same
+    arguments and results as :func:`selective_scan_reference` (``y`` may come back as a
+    non-contiguous view: the scan works time-major).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _check_shapes(u, delta, A, B, C, initial_state)
     out_dtype, dtype = u.dtype, _compute_dtype(u.dtype)
     batch, d_inner, length = u.shape
-    u, A, B, C = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
-    delta = _discretisation_step(delta, delta_bias, delta_softplus, dtype)
+    d_state = A.shape[1]
+    A = A.to(dtype)
+    state = u.new_zeros(batch, d_inner, d_state, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    if length == 0:
+        return _result(u.new_zeros(batch, d_inner, 0), state, return_last_state)
 
-    state = None if initial_state is None else initial_state.to(dtype)
-    outputs = []
-    for start in range(0, length, chunk_size):
-        window = slice(start, start + chunk_size)
-        y_chunk, state = _scan_chunk(u[..., window], delta[..., window], A, B[..., window], C[..., window], state)
-        outputs.append(y_chunk)
-    if state is None:  # empty sequence: nothing ran
-        state = u.new_zeros(batch, d_inner, A.shape[1])
-    y = torch.cat(outputs, dim=-1) if outputs else u.new_zeros(batch, d_inner, 0)
-    return _result(_skip_and_gate(y, u, D, z, out_dtype), state, return_last_state)
+    u_t, delta_t, B_t, C_t = (_time_major(t.to(dtype)) for t in (u, delta, B, C))
+    step = delta_t if delta_bias is None else delta_t + delta_bias.to(dtype)
+    step = F.softplus(step) if delta_softplus else step
+    group = _group_length(batch, d_inner, d_state, u_t.element_size(), chunk_size, length)
+    pad = (-length) % group
+    # Padded steps have delta = 0 and no drive: decay 1, nothing added, the state unchanged.
+    x, step, B_t, C_t = (_pad_time(t, pad) for t in (step * u_t, step, B_t, C_t))
+    plan = _chunk_plan(step.detach(), A.detach(), chunk_size, group)
+    tensors = (x, step, A, B_t, C_t, state.transpose(1, 2).contiguous())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        y, last = _ChunkedScan.apply(*tensors, plan, group)
+    else:
+        y, last, _ = _scan_groups(*tensors, plan, group)
+    y = y[:length]
+    if D is not None:
+        y = y + u_t * D.to(dtype)
+    if z is not None:
+        y = y * F.silu(_time_major(z.to(dtype)))
+    return _result(y.to(out_dtype).permute(1, 2, 0), last.transpose(1, 2), return_last_state)
 
 
 # --------------------------------------------------------------------------- dispatcher

@@ -28,6 +28,7 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
+from xt_core.models.context.recompute import checkpointed, recomputing
 
 Memory = list[torch.Tensor]
 
@@ -160,6 +161,9 @@ class TransformerXLContext(ContextEncoder):
         causal: if False (default) a token sees its whole segment and all memory; if True
             only earlier positions (the usual XL mask).
         dropout: dropout on attention weights and residual branches.
+        recompute: under autograd, keep only each segment's input and memory and run the
+            segment again in backward (:mod:`recompute`): same gradient, one segment's
+            activations alive instead of the whole sequence's.
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class TransformerXLContext(ContextEncoder):
         mem_len: int | None = None,
         causal: bool = False,
         dropout: float = 0.0,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if segment_len < 1:
@@ -187,6 +192,7 @@ class TransformerXLContext(ContextEncoder):
         self.segment_len = segment_len
         self.mem_len = mem_len
         self.causal = causal
+        self.recompute = recompute
         self.blocks = nn.ModuleList(
             XLBlock(dim, self.heads, mlp_ratio, dropout, causal) for _ in range(depth)
         )
@@ -203,11 +209,13 @@ class TransformerXLContext(ContextEncoder):
         return [torch.zeros(batch, 0, self.dim, device=device, dtype=dtype) for _ in self.blocks]
 
     def update_memory(self, memory: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Last ``mem_len`` tokens of ``[memory, hidden]``, detached from autograd."""
+        """Last ``mem_len`` tokens of ``[memory, hidden]``, detached from autograd (a copy, so
+        that a memory kept for a later segment's recomputation does not keep the whole
+        joined tensor, or the layer's input, alive)."""
         if self.mem_len == 0:
             return hidden[:, :0].detach()
         joined = torch.cat([memory.to(hidden.dtype), hidden], dim=1) if memory.shape[1] else hidden
-        return joined[:, -self.mem_len :].detach()
+        return joined[:, -self.mem_len :].detach().clone()
 
     def forward_segment(
         self, segment: torch.Tensor, memory: Memory | None = None
@@ -238,8 +246,19 @@ class TransformerXLContext(ContextEncoder):
         if tokens.shape[1] == 0:
             return tokens
         memory = self.init_memory(tokens.shape[0], tokens.device, tokens.dtype)
-        outputs = []
-        for segment in tokens.split(self.segment_len, dim=1):
-            out, memory = self.forward_segment(segment, memory)
-            outputs.append(out)
-        return torch.cat(outputs, dim=1)
+        if torch.is_grad_enabled():  # autograd joins the segments' outputs at the end
+            step = checkpointed if recomputing(self, tokens) else (lambda fn, *args: fn(*args))
+            outputs = []
+            for segment in tokens.split(self.segment_len, dim=1):
+                out, memory = step(self.forward_segment, segment, memory)
+                outputs.append(out)
+            return torch.cat(outputs, dim=1)
+        # Without autograd each segment's output goes straight into the result, so no small
+        # long-lived tensors sit between one segment's transient blocks and the next's
+        # (on glibc that fragmentation grew the heap with every segment).
+        result = torch.empty_like(tokens)
+        for start in range(0, tokens.shape[1], self.segment_len):
+            window = slice(start, start + self.segment_len)
+            out, memory = self.forward_segment(tokens[:, window], memory)
+            result[:, window] = out
+        return result
