@@ -58,6 +58,27 @@ def test_configure_is_idempotent_and_says_what_it_applied() -> None:
     assert runtime.configure()["allocator"] != "changed"
 
 
+def test_prepare_process_sets_the_openmp_wait_policy_only_before_torch() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from xt_core import runtime; r = runtime.prepare_process(); "
+            "print(r, '|', os.environ.get('OMP_WAIT_POLICY'), '|', runtime.prepare_process() == r)")
+
+    def run(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "XT_NO_TUNING")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run() == "PASSIVE (set) | PASSIVE | True"
+    assert run(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE (user's) | ACTIVE | True"
+    assert run(XT_NO_TUNING="1").endswith("| None | True")
+    # here torch is already imported: too late, and it says so
+    assert "torch imported" in runtime.prepare_process() or "user's" in runtime.prepare_process()
+
+
 # ------------------------------------------------------------------------- generated slides
 
 

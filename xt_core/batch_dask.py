@@ -173,9 +173,10 @@ def run_slide_task(task: SlideTask) -> tuple[dict[str, Any] | None, XTError | No
 
 def _apply_worker_resources(task: SlideTask) -> RunSettings:
     """Give torch this worker's thread budget; pick this worker's GPU on a local multi-GPU cluster."""
-    import torch
-
     from xt_core import runtime
+
+    runtime.prepare_process()  # a `dask worker` that has not imported torch yet gets sleeping OpenMP threads
+    import torch
 
     worker = _current_worker()
     threads = _env_threads()
@@ -373,7 +374,7 @@ def _connect(scheduler: str, jobs: int | None, gpu: bool) -> tuple[Any, Any, str
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.CRITICAL, resources={"GPU": 1} if gpu else None,
-                                   env={"XT_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+                                   env={"XT_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, **_omp_env()})
         try:
             return cluster, Client(cluster, set_as_default=False), cluster.scheduler_address
         except BaseException:
@@ -400,6 +401,14 @@ class _QuietDaskLogs:
     def __exit__(self, *exc: Any) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _omp_env() -> dict[str, str]:
+    """The OpenMP wait policy local workers start with: the user's, else sleeping threads
+    (see xt_core.runtime.prepare_process), unless XT_NO_TUNING=1."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+    return {} if os.environ.get("XT_NO_TUNING") == "1" else {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _why(exc: BaseException, address: str) -> str:
