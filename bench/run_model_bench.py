@@ -31,9 +31,9 @@ from pathlib import Path
 
 ENCODER_CHILD = r"""
 import json, sys
-import torch
 from xt_core import runtime
 runtime.prepare_process()
+import torch
 from xt_bench.model import encoder_benchmark, load_bench_model
 applied = runtime.configure()
 model, _ = load_bench_model(sys.argv[1] or None)
