@@ -78,6 +78,8 @@ def encoder_only(slide: Path, *, batch_size: int = 8, regions: int = 400, repeat
     """The default model's region encoder alone on in-memory batches of this slide's regions."""
     code = (
         "import json, sys\n"
+        "from xt_core import runtime\n"
+        "runtime.prepare_process()  # as xt-slide does, before torch is imported\n"
         "from xt_bench.scale import _encoder_child\n"
         f"print(json.dumps(_encoder_child({str(slide)!r}, {batch_size}, {regions}, {repeats})))\n"
     )
