@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from xt_core.slide import MPP_TOLERANCE, Slide
-from xt_core.slide.resample import shrink_by, whole_factor
+from xt_core.slide.resample import whole_factor
 
 if TYPE_CHECKING:
     from xt_core.tissue import TissueMask
@@ -151,16 +151,32 @@ class RegionGrid:
         return out
 
     def _read_run(self, slide: Slide, first: int, n: int) -> np.ndarray:
-        """``n`` regions from ``first`` along one row of a snapped grid, as ``(n, R, R, 3)``."""
+        """``n`` regions from ``first`` along one row of a snapped grid, as ``(n, R, R, 3)``.
+
+        The regions that lie wholly inside the level and those that cross its edge are read as
+        two strips: how a region's pixels are made (libjpeg's scaled decode inside, a full
+        decode and a box filter at the edge) then depends on the region alone, never on which
+        neighbours share its batch.
+        """
         rs, k = self.region_size, self.read_factor
         row, col = divmod(first, self.cols)
-        ds = slide.level_downsamples[self.read_level]
-        strip = slide.read_region((col * rs * k * ds, row * rs * k * ds), self.read_level, (n * rs * k, rs * k))
-        strip = shrink_by(strip, k)  # (rs, n * rs, 3)
-        regions = np.ascontiguousarray(strip.reshape(rs, n, rs, 3).transpose(1, 0, 2, 3))
+        lw, lh = slide.level_dimensions[self.read_level]
+        span = rs * k  # level pixels per region side
+        inside = 0 if (row + 1) * span > lh else max(0, min(n, lw // span - col))
+        parts = [self._read_strip(slide, row, col, inside)] if inside else []
+        if inside < n:
+            parts.append(self._read_strip(slide, row, col + inside, n - inside))
+        regions = np.concatenate(parts) if len(parts) > 1 else parts[0]
         for j in range(n):
             self._blank_padding(regions[j], first + j)
         return regions
+
+    def _read_strip(self, slide: Slide, row: int, col: int, n: int) -> np.ndarray:
+        rs, k = self.region_size, self.read_factor
+        ds = slide.level_downsamples[self.read_level]
+        strip = slide.read_region_shrunk((col * rs * k * ds, row * rs * k * ds), self.read_level,
+                                         (n * rs * k, rs * k), k)  # (rs, n * rs, 3)
+        return np.ascontiguousarray(strip.reshape(rs, n, rs, 3).transpose(1, 0, 2, 3))
 
     def _blank_padding(self, pixels: np.ndarray, index: int) -> np.ndarray:
         """White beyond the slide's edge (whole target pixels past ``target_dimensions``)."""
