@@ -48,8 +48,26 @@ def cores_slide(path: Path, width: int = 98_304, height: int = 81_920, mpp: floa
 
 
 # ----------------------------------------------------------------------------- processes
+#: ``xt-slide ARGS`` as the console script runs it, then the process's own peak RSS (VmHWM) on
+#: stderr. Not ru_maxrss: Linux carries that over fork and exec, so a child of a process that
+#: once held more (this one, after writing a slide) would report the parent's peak.
+_XT_SLIDE = (
+    "import sys\n"
+    "from xt_core.cli.main import main\n"
+    "code = main(sys.argv[1:])\n"
+    "with open('/proc/self/status') as fh:\n"
+    "    hwm = next(line.split()[1] for line in fh if line.startswith('VmHWM:'))\n"
+    "print(f'XT_PEAK_RSS_KB={hwm}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_child(cmd: list[str]) -> dict[str, Any]:
-    """Run a command; its wall time (process start included), peak RSS and CPU time, from wait4."""
+    """Run a command; its wall time (process start included), peak RSS and CPU time.
+
+    The peak is the child's own report (``XT_PEAK_RSS_KB=`` on stderr) where it gives one,
+    else wait4's ``ru_maxrss``.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -58,14 +76,20 @@ def run_child(cmd: list[str]) -> dict[str, Any]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_user_s": usage.ru_utime,
+    reported = [line.split("=", 1)[1] for line in err.splitlines() if line.startswith("XT_PEAK_RSS_KB=")]
+    peak_kb = int(reported[-1]) if reported else usage.ru_maxrss
+    return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "cpu_user_s": usage.ru_utime,
             "cpu_sys_s": usage.ru_stime, "stdout": out}
+
+
+def xt_slide(*args: str) -> list[str]:
+    """The command line of ``xt-slide ARGS`` in a fresh Python that reports its own peak RSS."""
+    return [sys.executable, "-c", _XT_SLIDE, *args]
 
 
 def classify(slide: Path, out: Path, *extra: str, command: str = "classify") -> dict[str, Any]:
     """``xt-slide classify SLIDE`` as a user runs it; the child's figures and the slide's record."""
-    cmd = [sys.executable, "-m", "xt_core.cli.main", command, str(slide), "--out", str(out), "--quiet", *extra]
-    run = run_child(cmd)
+    run = run_child(xt_slide(command, str(slide), "--out", str(out), "--quiet", *extra))
     record = json.loads((out / f"{Path(slide).stem}.json").read_text())
     run.pop("stdout")
     run["regions"] = record["regions"]["tissue"]
@@ -194,7 +218,7 @@ def scale_benchmark(large: Path, small: Path, *, workdir: Path | None = None) ->
                     "outside_encode_s": round(run["wall_s"] - run["timing"]["encode"], 2),
                     "peak_rss_mb": round(run["peak_rss_mb"]),
                 }
-        info = run_child([sys.executable, "-m", "xt_core.cli.main", "info", str(large)])
+        info = run_child(xt_slide("info", str(large)))
         out["large_info"] = {"wall_s": round(info["wall_s"], 2), "peak_rss_mb": round(info["peak_rss_mb"])}
     for command in ("classify", "segment"):
         out[f"{command}_peak_rss_ratio"] = round(out[f"large_{command}"]["peak_rss_mb"]

@@ -134,14 +134,21 @@ def tissue_mask_from_rgb(
     if h == 0 or w == 0:
         return np.zeros((h, w), dtype=bool)
     if smoothing_sigma > 0:  # JPEG noise and single dark nuclei should not decide pixels
-        image = ndi.gaussian_filter(image, sigma=(smoothing_sigma, smoothing_sigma, 0), mode="nearest")
+        # in place: the float image is this function's own copy (3 x 4 bytes a pixel, 42 MB at 2048 px)
+        ndi.gaussian_filter(image, sigma=(smoothing_sigma, smoothing_sigma, 0), mode="nearest", output=image)
     if white_balance:
         image = _white_balance(image, opaque)
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     value = np.maximum(np.maximum(r, g), b)
     chroma = value - np.minimum(np.minimum(r, g), b)
     saturation = np.divide(chroma, value, out=np.zeros_like(value), where=value > 0)
-    od = -np.log((image + 1.0) / 256.0).sum(axis=-1)
+    od = np.zeros((h, w), dtype=np.float32)  # summed channel by channel: no (h, w, 3) temporaries
+    channel = np.empty((h, w), dtype=np.float32)
+    for c in range(3):
+        np.add(image[..., c], 1.0, out=channel)
+        channel /= 256.0
+        np.log(channel, out=channel)
+        od -= channel
     longer = max(h, w)
 
     ink = near_ink = np.zeros((h, w), dtype=bool)
@@ -154,6 +161,7 @@ def tissue_mask_from_rgb(
             ink = to_ink <= margin
             near_ink = to_ink <= margin + pen_halo_fraction * longer
     valid = opaque & ~ink & (value >= black_value)
+    del image, r, g, b, value, chroma  # the float image and its planes: the rest needs masks only
 
     threshold = min_saturation
     if method == "otsu":
@@ -315,19 +323,32 @@ def _white_balance(image: np.ndarray, opaque: np.ndarray) -> np.ndarray:
     # (pale stroma, a lumen) are not, and must not be made white.
     if np.mean(np.abs(pixels - glass).max(axis=-1) <= _GLASS_TOLERANCE) < _MIN_GLASS_FRACTION:
         return image
-    return np.minimum(image * (255.0 / glass), 255.0).astype(np.float32)
+    # in place, rounded as before (float64 product, then float32); no float64 copy of the image
+    np.multiply(image, 255.0 / glass, out=image, casting="unsafe")
+    return np.minimum(image, 255.0, out=image)
 
 
 def _hue(image: np.ndarray, value: np.ndarray, chroma: np.ndarray) -> np.ndarray:
     """HSV hue in degrees [0, 360) (0 where there is no chroma)."""
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    c = np.where(chroma > 0, chroma, 1.0)
-    hue = np.select(
-        [value == r, value == g],
-        [np.mod((g - b) / c, 6.0), (b - r) / c + 2.0],
-        (r - g) / c + 4.0,
-    )
-    return np.where(chroma > 0, hue * 60.0, 0.0)
+    coloured = chroma > 0
+    c = np.where(coloured, chroma, 1.0)
+    # the three sectors written over one another, the last write winning as np.select's first
+    # match does (red, then green, then blue): two (h, w) arrays instead of seven
+    hue = np.subtract(r, g)
+    hue /= c
+    hue += 4.0
+    part = np.subtract(b, r)
+    part /= c
+    part += 2.0
+    np.copyto(hue, part, where=value == g)
+    np.subtract(g, b, out=part)
+    part /= c
+    np.mod(part, 6.0, out=part)
+    np.copyto(hue, part, where=value == r)
+    hue *= 60.0
+    hue[~coloured] = 0.0
+    return hue
 
 
 def _ink_mask(hue: np.ndarray, sat: np.ndarray, value: np.ndarray, chroma: np.ndarray,
