@@ -119,3 +119,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         context_kwargs={"depth": 1}, name="tiny-test-model",
     )
     return save_model(create_model(config).eval(), tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_mamba_model_dir(tmp_path_factory) -> Path:
+    """A real but tiny checkpoint (1-layer Mamba context), saved once for every batch test."""
+    import torch
+    from test_inference import tiny_config
+
+    from xt_core.models.checkpoint import save_model
+    from xt_core.models.xt import create_model
+
+    torch.manual_seed(0)
+    return save_model(create_model(tiny_config("mamba", depth=1)), tmp_path_factory.mktemp("model") / "tiny")

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_inference import tiny_config
 
 from xt_core import batch, batch_dask
 from xt_core.errors import SchedulerError
@@ -32,14 +31,8 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(Path(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import torch
-
-    from xt_core.models.checkpoint import save_model
-    from xt_core.models.xt import create_model
-
-    torch.manual_seed(0)
-    return save_model(create_model(tiny_config("mamba", depth=1)), tmp_path_factory.mktemp("model") / "tiny")
+def model_dir(tiny_mamba_model_dir: Path) -> Path:
+    return tiny_mamba_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_info import xt_slide
-from test_inference import CLASSES, tiny_config
+from test_inference import CLASSES
 from test_outputs import assert_valid_feature_collection
 
 from xt_core import batch
@@ -24,14 +24,8 @@ SLIDE_NAMES = ["CMU-1-Small-Region", "broken", "OS-1-detail", "kidney-48-5"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import torch
-
-    from xt_core.models.checkpoint import save_model
-    from xt_core.models.xt import create_model
-
-    torch.manual_seed(0)
-    return save_model(create_model(tiny_config("mamba", depth=1)), tmp_path_factory.mktemp("model") / "tiny")
+def model_dir(tiny_mamba_model_dir: Path) -> Path:
+    return tiny_mamba_model_dir
 
 
 @pytest.fixture(scope="module")
