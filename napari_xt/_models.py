@@ -9,7 +9,6 @@ in the worker thread, and kept: later runs reuse the same model until another is
 from __future__ import annotations
 
 import html
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ def describe_model(key: str) -> ModelInfo:
 
     Raises :class:`ModelFileError` naming the folder when it is not a checkpoint.
     """
-    from xt_core.models.config import XTConfig
+    from xt_core.models.config import read_config_file
 
     folder = _default_folder() if key == DEFAULT_KEY else Path(key)
     if folder.is_file():
@@ -82,13 +81,7 @@ def describe_model(key: str) -> ModelInfo:
     for needed in ("config.json", "model.safetensors"):
         if not (folder / needed).is_file():
             raise ModelFileError(folder, f"not a model folder: it lacks {needed}")
-    try:
-        record = json.loads(config_path.read_text(encoding="utf-8"))
-        config = XTConfig.from_dict(record["config"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(config_path, f"not a readable JSON config: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(config_path, f"not a napari-xt model config: {exc}") from None
+    config, record = read_config_file(config_path)
     return ModelInfo(
         key=key, folder=folder, name=config.name, classes=tuple(config.classes), target_mpp=config.target_mpp,
         tissue_threshold=config.tissue_threshold, classification=config.classification,

@@ -63,17 +63,23 @@ def _click_and_wait(qtbot, widget: XTWidget) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
-def _slow_batches(monkeypatch, seconds: float) -> None:
-    """Make every encoded batch take a little longer, so a test can watch (or stop) a run mid-way."""
+def _slow_batches(monkeypatch, seconds: float) -> list[float]:
+    """Make every encoded batch take a little longer, so a test can watch (or stop) a run mid-way.
+
+    Returns the list the batches append their finishing times to."""
     import xt_core.preview
 
     real = xt_core.preview.region_probabilities
+    done: list[float] = []
 
     def slow(model, tokens):
         time.sleep(seconds)
-        return real(model, tokens)
+        out = real(model, tokens)
+        done.append(time.perf_counter())
+        return out
 
     monkeypatch.setattr(xt_core.preview, "region_probabilities", slow)
+    return done
 
 
 def _painted_boxes_world(layer) -> np.ndarray:
@@ -150,9 +156,9 @@ def test_click_run_grows_a_heatmap_then_shows_the_result(viewer_factory, qtbot, 
     streaming = np.diff(t[(t >= progress_at[0]) & (t <= progress_at[-1])])
     # while regions stream in, the dock only writes arrays and refreshes one layer: no freeze
     # (bounds allow for a 2-core machine shared with other work; measured ~0.01-0.1 s when quiet)
-    assert len(streaming) > 10 and streaming.max() < 0.3, f"the GUI froze for {streaming.max():.2f} s while reading"
+    assert len(streaming) > 10 and streaming.max() < 0.5, f"the GUI froze for {streaming.max():.2f} s while reading"
     # creating the layers (napari's cost) at the start and the end stays short too
-    assert gaps.max() < 1.0, f"the GUI froze for {gaps.max():.2f} s during the run"
+    assert gaps.max() < 1.5, f"the GUI froze for {gaps.max():.2f} s during the run"
 
     # the result replaces the preview; the classes layer is the selected one
     names = [layer.name for layer in viewer.layers]
@@ -298,17 +304,19 @@ def test_screenshot_colours_tissue_and_nothing_outside_the_analysed_tokens(viewe
 
 
 # ----------------------------------------------------------------------------- cancel, regions of interest
-def test_cancel_stops_within_a_second(viewer_factory, qtbot, monkeypatch, cmu_svs: Path, small_model_dir: Path,
-                                      notifications) -> None:
+def test_cancel_stops_after_the_batch_being_encoded(viewer_factory, qtbot, monkeypatch, cmu_svs: Path,
+                                                   small_model_dir: Path, notifications) -> None:
     viewer, widget = _open(viewer_factory, cmu_svs, small_model_dir)
     widget._batch.setValue(1)
-    _slow_batches(monkeypatch, 0.15)
+    batches = _slow_batches(monkeypatch, 0.15)
     _click(qtbot, widget)
     qtbot.waitUntil(lambda: widget._bar.value() >= 2, timeout=RUN_TIMEOUT_MS)
     t0 = time.perf_counter()
     qtbot.mouseClick(widget._cancel, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.running, timeout=5000)
-    assert time.perf_counter() - t0 < 1.0
+    # behaviour, not a stopwatch: at most the batch in flight finishes after the click (each
+    # batch takes 0.15 s here, so that is well within a second on any machine)
+    assert sum(1 for t in batches if t > t0) <= 1
     assert widget.status().endswith("cancelled") and "cancelled" in _messages(notifications)
     assert not [layer for layer in viewer.layers if "xT" in layer.name]  # the preview went with the run
     assert widget._analyse.isEnabled() and not widget._cancel.isEnabled()

@@ -16,7 +16,7 @@ import torch
 
 from xt_core import __version__
 from xt_core.errors import ModelFileError
-from xt_core.models.config import XTConfig
+from xt_core.models.config import read_config_file
 from xt_core.models.weights import PICKLE_SUFFIXES
 from xt_core.models.xt import XTModel, create_model
 from xt_core.outputs.atomic import atomic_path
@@ -62,7 +62,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> X
     Raises :class:`ModelFileError` naming the file for anything that is not a valid checkpoint.
     """
     weights, config_path = _checkpoint_files(Path(path))
-    config, record = _read_config(config_path)
+    config, record = read_config_file(config_path)
     state = _read_weights(weights)
     try:
         model = create_model(config)
@@ -115,17 +115,6 @@ def refuse_pickle(path: Path) -> None:
         head = fh.read(4)
     if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
         raise ModelFileError(path, "looks like a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config")
-
-
-def _read_config(path: Path) -> tuple[XTConfig, dict]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        config = XTConfig.from_dict(record["config"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(path, f"not a readable JSON config: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(path, f"not a napari-xt model config: {exc}") from exc
-    return config, record
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,3 +73,21 @@ class XTConfig:
     @classmethod
     def from_json(cls, text: str) -> "XTConfig":
         return cls.from_dict(json.loads(text))
+
+
+def read_config_file(path: "os.PathLike | str") -> tuple[XTConfig, dict[str, Any]]:
+    """A checkpoint's ``config.json``: the :class:`XTConfig` and the whole record (training notes,
+    intended use...). Needs no torch, so a model's card can be shown before the model loads."""
+    from pathlib import Path
+
+    from xt_core.errors import ModelFileError
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        config = XTConfig.from_dict(record["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(path, f"not a readable JSON config: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(path, f"not a napari-xt model config: {exc}") from exc
+    return config, record
