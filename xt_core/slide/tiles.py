@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-#: Decoded tiles kept per slide. 48 MiB holds three rows of 256 px tiles across a 20k px wide
-#: band of tissue: the rows two consecutive rows of regions share.
-DEFAULT_CACHE_BYTES = 48 * 2**20
+#: Decoded tiles kept per slide. 24 MiB holds a row of full 256 px tiles across 30k px of
+#: tissue, or of half-size ones (libjpeg's scaled decode) across 120k px: the tile row two
+#: consecutive rows of regions share. A bigger cache only raises the peak memory of big slides.
+DEFAULT_CACHE_BYTES = 24 * 2**20
 
 
 class TiffTiles:
