@@ -99,6 +99,8 @@ def _memory_child(argv: list[str]) -> int:
     import psutil
 
     from xt_core import runtime
+
+    runtime.prepare_process()  # before torch is imported, as xt-slide does
     from xt_core.errors import SlideError
     from xt_core.inference import predict_slide
     from xt_core.settings import RunSettings
