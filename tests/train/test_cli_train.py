@@ -36,6 +36,20 @@ def test_train_then_evaluate(small_manifest: Path, tmp_path: Path, capsys) -> No
     assert len(metrics["confusion_matrix"]) == 3 and sum(map(sum, metrics["confusion_matrix"])) == 3
     assert {"accuracy", "balanced_accuracy", "macro_f1", "auc", "loss", "slides"} <= set(metrics)
 
+    # the frozen run's feature cache (val slides included) serves evaluation: no region re-encoded, same metrics
+    cache = out / "feature_cache"
+    cached_files = sorted(cache.iterdir())
+    cached_report = tmp_path / "cached.json"
+    assert main(["evaluate", "--model", str(out / "best"), str(small_manifest), "--split", "val",
+                 "--out", str(cached_report), "--workers", "0", "--feature-cache", str(cache)]) == 0
+    capsys.readouterr()
+    assert sorted(cache.iterdir()) == cached_files  # every slide was a hit
+    cached = json.loads(cached_report.read_text())
+    assert cached["confusion_matrix"] == metrics["confusion_matrix"]
+    for a, b in zip(cached["slides"], metrics["slides"]):
+        assert a["slide"] == b["slide"] and a["prediction"] == b["prediction"]
+        assert all(abs(a["probabilities"][c] - b["probabilities"][c]) < 1e-5 for c in a["probabilities"])
+
     # --resume after the last epoch does nothing more
     assert main(["train", str(config), "--no-progress", "--set", "epochs=2", "--set", "lr=1e-3", "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -100,6 +100,8 @@ def _full_backward(model, images, rows, cols, targets, weights=LossWeights()):
     ("attention", {"depth": 1}),
     ("transformer_xl", {"depth": 2, "segment_len": 8, "mem_len": 8}),
     ("mamba", {"depth": 2, "segment_len": 8}),
+    ("attention", {"depth": 1, "positions": "rope2d"}),
+    ("transformer_xl", {"depth": 2, "segment_len": 8, "mem_len": 8, "positions": "rope2d"}),
 ])
 def test_exact_step_equals_full_backward(cmu, context, kwargs) -> None:
     """The headline check: pixels read from the slide, augmented, streamed in batches of 4."""
@@ -129,10 +131,12 @@ def test_exact_step_in_float32(cmu) -> None:
     assert _assert_same_grads(streamed, ref, rtol=1e-3) < 1e-3
 
 
-def test_xl_detached_equals_exact(cmu) -> None:
-    """Transformer-XL detaches its memory by design, so segment-wise context backward is exact too."""
+@pytest.mark.parametrize("positions", ["absolute", "rope2d"])
+def test_xl_detached_equals_exact(cmu, positions) -> None:
+    """Transformer-XL detaches its memory by design, so segment-wise context backward is exact too
+    (with 2D RoPE, each segment's keys rotated by its memory's and its own grid places)."""
     idx, images, rows, cols = _first(cmu)
-    model = _model(cmu_model("transformer_xl", depth=2, segment_len=12, mem_len=16))
+    model = _model(cmu_model("transformer_xl", depth=2, segment_len=12, mem_len=16, positions=positions))
     targets = _targets(len(idx), model.tokens_per_region, seed=1)
     source = TensorRegions(images, rows, cols, seeds=region_seeds(0, 0, 0, idx), augment=AUG)
     train_step(model, source, targets, mode="xl_detached", batch_size=5)

@@ -23,6 +23,9 @@ def add_parser(sub, name: str, parents) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--tissue-threshold", type=float, default=None,
                    help="tissue fraction a region needs (default: the model's)")
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="frozen-mode feature cache: reuse (and add to) the cached region features of this "
+                        "model's region encoder instead of encoding every region again")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     p.set_defaults(run=run)
 
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from xt_core.train.evaluate import evaluate
 
     result = evaluate(args.model, args.manifest, split=args.split, batch_size=args.batch_size,
-                      workers=args.workers, device=args.device, tissue_threshold=args.tissue_threshold)
+                      workers=args.workers, device=args.device, tissue_threshold=args.tissue_threshold,
+                      feature_cache=args.feature_cache)
     result["model"] = str(args.model)
     result["manifest"] = str(args.manifest)
     if args.out:

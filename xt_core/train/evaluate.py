@@ -47,8 +47,16 @@ def evaluate(
     annotation_class_map: Mapping[str, str | None] | None = None,
     weights: LossWeights | None = None,
     progress: bool = False,
+    feature_cache: str | os.PathLike | None = None,
 ) -> dict:
-    """Metrics of ``model`` (an XTModel or a checkpoint path) on ``manifest``'s rows of ``split`` (None: all)."""
+    """Metrics of ``model`` (an XTModel or a checkpoint path) on ``manifest``'s rows of ``split`` (None: all).
+
+    ``feature_cache``: a frozen-mode feature cache folder (:mod:`xt_core.train.features`).
+    Slides whose region features it holds for this model's region encoder (the key includes
+    a hash of the encoder's weights, so another encoder never reads them) skip the region
+    encoder; the others are encoded once and added. Comparing several context encoders
+    trained on one frozen backbone then encodes the test slides once, not once per model.
+    """
     from xt_core.inference import resolve_device
     from xt_core.models.checkpoint import load_model
     from xt_core.train.streaming import autocast_factory
@@ -75,6 +83,16 @@ def evaluate(
         with p.open() as slide:
             source = p.source(slide, workers=workers, pin_memory=dev.type == "cuda")
             return forward_regions(model, source, batch_size=batch_size, device=dev, amp=amp_factory)
+
+    if feature_cache is not None:
+        from xt_core.train.features import FeatureCache
+        from xt_core.train.streaming import forward_features
+
+        cache = FeatureCache(feature_cache, model, batch_size=batch_size, workers=workers, device=dev, amp=amp_factory)
+
+        def forward(p: PreparedSlide) -> dict:  # noqa: F811 (the cached variant)
+            rows_, cols_ = p.rows_cols
+            return forward_features(model, cache.get(p, 0), rows_, cols_, device=dev, amp=amp_factory)
 
     result = evaluate_prepared(model, prepared, forward, weights=weights, progress=progress)
     result["split"] = ",".join(splits) if splits else None

@@ -369,16 +369,21 @@ def _xl_context_grad(
     device = tokens.device
     n, tpr, dim = tokens.shape
     seq = tokens.reshape(1, -1, dim)
-    pos = model.positions(rows.to(device), cols.to(device))[None]
+    coords = model.token_coords(rows.to(device), cols.to(device))
     bounds = [(a, min(a + ctx.segment_len, seq.shape[1])) for a in range(0, seq.shape[1], ctx.segment_len)]
     memories, states, outputs = [], [], []
+
+    def keys(a: int, b: int, memory) -> torch.Tensor:
+        """Grid places of a segment's keys: its memory's tokens (those just before it), then its own."""
+        return coords[a - (memory[0].shape[1] if memory else 0) : b]
+
     with torch.no_grad(), amp():
-        memory = ctx.init_memory(1, device, (seq + pos.to(seq.dtype)).dtype)
+        memory = ctx.init_memory(1, device, model.context_input(seq[:, :1], coords[:1]).dtype)
         for a, b in bounds:
             memories.append(memory)
             states.append(_rng_state(device))
-            segment = seq[:, a:b] + pos[:, a:b].to(seq.dtype)
-            out, memory = ctx.forward_segment(segment, memory)
+            segment = model.context_input(seq[:, a:b], coords[a:b])
+            out, memory = ctx.forward_segment(segment, memory, keys(a, b, memory))
             outputs.append(_full(out))
     context = torch.cat(outputs, dim=1).requires_grad_()
     with amp():
@@ -394,7 +399,7 @@ def _xl_context_grad(
             _set_rng_state(state, device)
             part = seq[:, a:b].detach().requires_grad_()
             with amp():
-                out, _ = ctx.forward_segment(part + pos[:, a:b].to(part.dtype), memory)
+                out, _ = ctx.forward_segment(model.context_input(part, coords[a:b]), memory, keys(a, b, memory))
             out.to(grad_context.dtype).backward(grad_context[:, a:b])
             grad_tokens[:, a:b] = part.grad
     return loss, grad_tokens.reshape(n, tpr, dim), parts, head_out

@@ -9,9 +9,15 @@ flash / memory-efficient kernel whose memory is linear in the sequence length. O
 the math path would build the full ``L x L`` score matrix, so queries are processed in
 chunks against the full keys and values: exact, same result, working memory
 ``query_chunk x L`` per head.
+
+With ``positions: rope2d`` every layer rotates its queries and keys by the tokens' 2D grid
+places (:mod:`rope`), so scores depend on 2D offsets on the slide; otherwise the encoder is
+permutation-equivariant and sees positions only through what the model added to the tokens.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,14 @@ from torch import nn
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
 from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.rope import (
+    DEFAULT_ROPE_BASE,
+    RotaryTables,
+    apply_rotary,
+    check_coords,
+    check_positions,
+    rotary_tables,
+)
 
 
 def chunked_attention(
@@ -72,8 +86,13 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         return chunked_attention(q, k, v, self.query_chunk, dropout_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.attend(*self.split_heads(x))
+    def forward(self, x: torch.Tensor, rope: Optional[RotaryTables] = None) -> torch.Tensor:
+        """``x (B, L, D)``; ``rope``: the tokens' 2D rotary tables, applied to q and k before
+        the attention core (so HyperAttention hashes the rotated vectors)."""
+        q, k, v = self.split_heads(x)
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        out = self.attend(q, k, v)
         batch, _, length, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -90,8 +109,8 @@ class AttentionBlock(nn.Module):
         self.mlp = SwiGLU(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x)))
+    def forward(self, x: torch.Tensor, rope: Optional[RotaryTables] = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -108,6 +127,8 @@ class AttentionContext(ContextEncoder):
         query_chunk: queries per SDPA call off CUDA (``None`` = no chunking).
         recompute: under autograd, keep only each layer's input and run the layer again in
             backward (:mod:`recompute`): same gradient, one layer's activations alive.
+        positions: ``absolute`` (default), ``normed`` or ``rope2d`` (:mod:`rope`).
+        rope_base: frequency base of the 2D RoPE.
     """
 
     def __init__(
@@ -119,6 +140,8 @@ class AttentionContext(ContextEncoder):
         dropout: float = 0.0,
         query_chunk: int | None = 4096,
         recompute: bool = True,
+        positions: str = "absolute",
+        rope_base: float = DEFAULT_ROPE_BASE,
     ) -> None:
         super().__init__()
         if query_chunk is not None and query_chunk < 1:
@@ -126,6 +149,9 @@ class AttentionContext(ContextEncoder):
         self.dim = dim
         self.recompute = recompute
         self.heads = check_heads(dim, heads)
+        self.positions, self.rope_base = check_positions(positions), float(rope_base)
+        if self.positions == "rope2d":
+            rotary_tables(torch.zeros(0, 2), dim // self.heads)  # fail now on a head width RoPE cannot split
         self.blocks = nn.ModuleList(
             AttentionBlock(dim, mlp_ratio, dropout, SelfAttention(dim, self.heads, dropout, query_chunk))
             for _ in range(depth)
@@ -142,14 +168,24 @@ class AttentionContext(ContextEncoder):
         for block in self.blocks:
             block.attn.query_chunk = value
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self, tokens)
+    def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return run_blocks(self, tokens, coords)
 
 
-def run_blocks(encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encoder_rope(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor]) -> Optional[RotaryTables]:
+    """The rotary tables of ``tokens`` when ``encoder`` uses ``positions: rope2d``, else None
+    (built once per forward and shared by every layer)."""
+    if getattr(encoder, "positions", "absolute") != "rope2d":
+        return None
+    coords = check_coords(coords, tokens.shape[1], tokens.device)
+    return rotary_tables(coords, encoder.dim // encoder.heads, encoder.rope_base, tokens.dtype)
+
+
+def run_blocks(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``encoder.norm`` after ``encoder.blocks`` in order, each checkpointed when recomputing."""
     recompute = recomputing(encoder, tokens)
+    rope = encoder_rope(encoder, tokens, coords)
     x = tokens
     for block in encoder.blocks:
-        x = checkpointed(block, x) if recompute else block(x)
+        x = checkpointed(block, x, rope) if recompute else block(x, rope)
     return encoder.norm(x)

@@ -41,6 +41,7 @@ from xt_core.models.context.attention import AttentionBlock, SelfAttention, chun
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, check_heads
 from xt_core.models.context.recompute import checkpointed
+from xt_core.models.context.rope import DEFAULT_ROPE_BASE, check_positions, rotary_tables
 
 #: Queries processed at once by the approximate path (a multiple of the block size is used):
 #: working memory ``query_chunk * (block_size + sample_size)`` scores per head.
@@ -280,6 +281,8 @@ class HyperAttentionContext(ContextEncoder):
         causal: token ``i`` attends to tokens ``<= i`` (raster order) only.
         seed: seeds the LSH projections and the eval-mode column samples.
         recompute: under autograd, checkpoint each layer (as ``attention``).
+        positions, rope_base: as ``attention``; with ``rope2d`` the queries and keys are
+            rotated before they are hashed, so buckets group rotated vectors.
     """
 
     def __init__(
@@ -297,11 +300,16 @@ class HyperAttentionContext(ContextEncoder):
         query_chunk: int = DEFAULT_QUERY_CHUNK,
         seed: int = 0,
         recompute: bool = True,
+        positions: str = "absolute",
+        rope_base: float = DEFAULT_ROPE_BASE,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.recompute = recompute
         self.heads = check_heads(dim, heads)
+        self.positions, self.rope_base = check_positions(positions), float(rope_base)
+        if self.positions == "rope2d":
+            rotary_tables(torch.zeros(0, 2), dim // self.heads)  # fail now on a head width RoPE cannot split
         self.blocks = nn.ModuleList(
             AttentionBlock(dim, mlp_ratio, dropout, HyperSelfAttention(
                 dim, self.heads, block_size, sample_size, lsh_projections, exact_below, causal, query_chunk,
@@ -310,5 +318,5 @@ class HyperAttentionContext(ContextEncoder):
         )  # fmt: skip
         self.norm = RMSNorm(dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self, tokens)
+    def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return run_blocks(self, tokens, coords)

@@ -24,6 +24,7 @@ from torch import nn
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm
 from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.rope import check_coords, check_positions
 from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
 
 #: mamba-ssm's RMSNorm epsilon (the transformers' norms use 1e-6).
@@ -215,6 +216,13 @@ class MambaContextEncoder(ContextEncoder):
     encoder is causal in raster order. ``segment_len`` bounds the working memory and does
     not change the result; with ``recompute`` (under autograd) each (layer, segment) is
     checkpointed, so training keeps one segment's activations plus each layer's output.
+
+    ``positions``: ``absolute`` or ``normed`` (how the model adds the 2D sin-cos; a scan has
+    no attention to rotate, so ``rope2d`` is refused). ``scan``: ``raster`` (every layer reads
+    the raster order) or ``alternate``: layer pairs alternate between the raster order and the
+    column-major order of the tokens' grid places (layers 0-1 by rows, 2-3 by columns, ...),
+    so a token's neighbour below is adjacent in the scan of every other pair instead of a
+    grid row away. The column order comes from ``coords``; without them it is the raster order.
     """
 
     def __init__(
@@ -228,10 +236,16 @@ class MambaContextEncoder(ContextEncoder):
         bidirectional: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         recompute: bool = True,
+        positions: str = "absolute",
+        scan: str = "raster",
     ) -> None:
         super().__init__()
         if segment_len < 1:
             raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+        self.positions = check_positions(positions, ("absolute", "normed"))
+        if scan not in ("raster", "alternate"):
+            raise ValueError(f"scan must be 'raster' or 'alternate', got {scan!r}")
+        self.scan = scan
         self.dim = dim
         self.segment_len = segment_len
         self.recompute = recompute
@@ -252,14 +266,32 @@ class MambaContextEncoder(ContextEncoder):
     def _reads_backwards(self, index: int) -> bool:
         return self.bidirectional and index % 2 == 1
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _reads_by_columns(self, index: int) -> bool:
+        return self.scan == "alternate" and (index // 2) % 2 == 1
+
+    def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         recompute = recomputing(self, tokens)
+        by_columns = None
+        if self.scan == "alternate" and coords is not None and len(self.layers) > 2 and tokens.shape[1]:
+            by_columns = column_major_order(check_coords(coords, tokens.shape[1], tokens.device))
         x = tokens
         for index, layer in enumerate(self.layers):
             backwards = self._reads_backwards(index)
+            transposed = by_columns is not None and self._reads_by_columns(index)
+            if transposed:
+                x = x[:, by_columns]
             if backwards:
                 x = x.flip(1)
             x = _stream_through(layer, x, self.segment_len, recompute)
             if backwards:
                 x = x.flip(1)
+            if transposed:
+                x = torch.empty_like(x).index_copy_(1, by_columns, x)
         return self.norm_f(x)
+
+
+def column_major_order(coords: torch.Tensor) -> torch.Tensor:
+    """Indices that list the tokens by grid column, then row (the transposed raster order)."""
+    rows, cols = coords[:, 0].long(), coords[:, 1].long()
+    key = (cols - cols.min()) * (int(rows.max() - rows.min()) + 1) + (rows - rows.min())
+    return torch.argsort(key, stable=True)

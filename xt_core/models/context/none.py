@@ -6,6 +6,8 @@ changes one config field and nothing else.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
@@ -15,9 +17,10 @@ from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 class NoContext(ContextEncoder):
     """Returns the region tokens unchanged."""
 
-    def __init__(self, dim: int, **_ignored) -> None:
+    def __init__(self, dim: int, positions: str = "absolute", **_ignored) -> None:
         super().__init__()
         self.dim = dim
+        self.positions = positions  # only how the model prepares the tokens; nothing here uses it
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         return tokens

@@ -18,9 +18,17 @@ with ``R`` sinusoidal embeddings of the signed distance, ``W_r`` a learned proje
 non-causal within a segment, so distances are negative too (a query sees later keys of
 its own segment) and embeddings are built for every distance from ``klen - 1`` down to
 ``-(qlen - 1)``.
+
+Those distances are 1D, along the raster order: a token's neighbour below is a whole grid
+row away. With ``positions: rope2d`` the relative term is 2D instead: queries and keys are
+rotated by their tokens' global (row, col) (:mod:`rope`; memory keys with the memory tokens'
+own places), so ``score(i, j) = (q_i + u) . R(dy, dx) k_j`` depends on the 2D offset, and
+the 1D term (``r``, ``r_r_bias``) is not built.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +37,14 @@ from torch import nn
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
 from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.rope import (
+    DEFAULT_ROPE_BASE,
+    RotaryTables,
+    apply_rotary,
+    check_coords,
+    check_positions,
+    rotary_tables,
+)
 
 Memory = list[torch.Tensor]
 
@@ -77,20 +93,25 @@ def causal_mask(qlen: int, klen: int, device: torch.device | None = None) -> tor
 class RelativeAttention(nn.Module):
     """Multi-head attention of a segment over ``[memory, segment]`` with XL relative positions."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False) -> None:
+    def __init__(
+        self, dim: int, heads: int, dropout: float = 0.0, causal: bool = False, rotary: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.heads = heads
         self.head_dim = dim // heads
         self.dropout = dropout
         self.causal = causal
+        self.rotary = rotary
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.r = nn.Linear(dim, dim, bias=False)  # W_{k,R}: projects relative embeddings
+        if not rotary:
+            self.r = nn.Linear(dim, dim, bias=False)  # W_{k,R}: projects relative embeddings
         self.proj = nn.Linear(dim, dim, bias=False)
         # u (content) and v (position): global biases shared by every query position.
         self.r_w_bias = nn.Parameter(torch.randn(heads, self.head_dim) * 0.02)
-        self.r_r_bias = nn.Parameter(torch.randn(heads, self.head_dim) * 0.02)
+        if not rotary:
+            self.r_r_bias = nn.Parameter(torch.randn(heads, self.head_dim) * 0.02)
 
     def position_scores(self, q: torch.Tensor, klen: int) -> torch.Tensor:
         """``(q_i + v) . W_r R(i - j)`` for every query and key, ``(B, H, qlen, klen)``."""
@@ -102,8 +123,10 @@ class RelativeAttention(nn.Module):
         per_distance = torch.matmul(q_r, r.transpose(-1, -2).to(q_r.dtype))  # (B, H, qlen, P)
         return relative_shift(per_distance, klen)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``x (B, qlen, D)``: normed segment; ``context (B, klen, D)``: normed ``[memory, x]``."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, rope: Optional[RotaryTables] = None) -> torch.Tensor:
+        """``x (B, qlen, D)``: normed segment; ``context (B, klen, D)``: normed ``[memory, x]``;
+        ``rope``: rotary tables of the ``klen`` keys (the queries are the last ``qlen``),
+        required when the layer is ``rotary``."""
         batch, qlen, _ = x.shape
         klen = context.shape[1]
         q = self.q(x).view(batch, qlen, self.heads, self.head_dim).transpose(1, 2)
@@ -111,6 +134,8 @@ class RelativeAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         dtype = v.dtype
         q = q.to(dtype)
+        if self.rotary:
+            return self._rotary_attention(q, k, v, rope, batch, qlen, klen)
         # SDPA multiplies q.k by 1/sqrt(d) and then adds attn_mask, so the position term is
         # scaled here to keep both terms on the same footing as in the paper.
         bias = self.position_scores(q, klen) * self.head_dim**-0.5
@@ -123,25 +148,37 @@ class RelativeAttention(nn.Module):
         )
         return self.proj(out.transpose(1, 2).reshape(batch, qlen, self.dim))
 
+    def _rotary_attention(self, q, k, v, rope: Optional[RotaryTables], batch: int, qlen: int, klen: int):
+        """``(q_i + u) . R(dy, dx) k_j``: the content bias is added before the rotation, so
+        it too sees only the 2D offset (added after, it would see absolute places)."""
+        if rope is None or rope.cos.shape[0] != klen:
+            raise ValueError(f"a rotary layer needs the rotary tables of its {klen} keys")
+        q_w = apply_rotary(q + self.r_w_bias.to(q.dtype)[None, :, None, :], rope.window(klen - qlen, klen))
+        k = apply_rotary(k, rope)
+        mask = ~causal_mask(qlen, klen, q.device) if self.causal else None
+        dropout_p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q_w, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return self.proj(out.transpose(1, 2).reshape(batch, qlen, self.dim))
+
 
 class XLBlock(nn.Module):
     """Pre-norm block whose attention also reads this layer's memory."""
 
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, dropout: float, causal: bool
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, causal: bool, rotary: bool = False
     ) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim)
-        self.attn = RelativeAttention(dim, heads, dropout, causal)
+        self.attn = RelativeAttention(dim, heads, dropout, causal, rotary)
         self.mlp_norm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, rope: Optional[RotaryTables] = None) -> torch.Tensor:
         qlen = x.shape[1]
         context = torch.cat([memory.to(x.dtype), x], dim=1) if memory.shape[1] else x
         normed = self.attn_norm(context)
-        x = x + self.drop(self.attn(normed[:, -qlen:], normed))
+        x = x + self.drop(self.attn(normed[:, -qlen:], normed, rope))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -164,6 +201,10 @@ class TransformerXLContext(ContextEncoder):
         recompute: under autograd, keep only each segment's input and memory and run the
             segment again in backward (:mod:`recompute`): same gradient, one segment's
             activations alive instead of the whole sequence's.
+        positions: ``absolute`` (default: 1D relative term along the raster order),
+            ``normed`` (the same here; the model normalises the tokens) or ``rope2d`` (2D
+            relative term, :mod:`rope`).
+        rope_base: frequency base of the 2D RoPE.
     """
 
     def __init__(
@@ -177,6 +218,8 @@ class TransformerXLContext(ContextEncoder):
         causal: bool = False,
         dropout: float = 0.0,
         recompute: bool = True,
+        positions: str = "absolute",
+        rope_base: float = DEFAULT_ROPE_BASE,
     ) -> None:
         super().__init__()
         if segment_len < 1:
@@ -193,8 +236,12 @@ class TransformerXLContext(ContextEncoder):
         self.mem_len = mem_len
         self.causal = causal
         self.recompute = recompute
+        self.positions, self.rope_base = check_positions(positions), float(rope_base)
+        rotary = self.positions == "rope2d"
+        if rotary:
+            rotary_tables(torch.zeros(0, 2), dim // self.heads)  # fail now on a head width RoPE cannot split
         self.blocks = nn.ModuleList(
-            XLBlock(dim, self.heads, mlp_ratio, dropout, causal) for _ in range(depth)
+            XLBlock(dim, self.heads, mlp_ratio, dropout, causal, rotary) for _ in range(depth)
         )
         self.norm = RMSNorm(dim)
 
@@ -217,17 +264,31 @@ class TransformerXLContext(ContextEncoder):
         joined = torch.cat([memory.to(hidden.dtype), hidden], dim=1) if memory.shape[1] else hidden
         return joined[:, -self.mem_len :].detach().clone()
 
+    def rope(self, coords: Optional[torch.Tensor], length: int, device, dtype) -> Optional[RotaryTables]:
+        """Rotary tables of ``length`` tokens at ``coords`` (None unless ``positions`` is ``rope2d``)."""
+        if self.positions != "rope2d":
+            return None
+        return rotary_tables(check_coords(coords, length, device), self.dim // self.heads, self.rope_base, dtype)
+
     def forward_segment(
-        self, segment: torch.Tensor, memory: Memory | None = None
+        self, segment: torch.Tensor, memory: Memory | None = None, coords: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Memory]:
         """Run one segment ``(B, S, dim)`` against ``memory``; return ``(output, new_memory)``.
 
         The new memory holds each layer's input for the last ``mem_len`` tokens seen so
         far (old memory then this segment), so passing it to the next call continues the
         sequence. Segments of any length are accepted (e.g. one region at a time).
+        ``coords``: the grid places ``(M + S, 2)`` of the memory's ``M`` tokens then the
+        segment's (used with ``rope2d``; None: consecutive columns of one row).
         """
         if memory is None:
             memory = self.init_memory(segment.shape[0], segment.device, segment.dtype)
+        klen = (memory[0].shape[1] if memory else 0) + segment.shape[1]
+        return self._segment(segment, memory, self.rope(coords, klen, segment.device, segment.dtype))
+
+    def _segment(
+        self, segment: torch.Tensor, memory: Memory, rope: Optional[RotaryTables]
+    ) -> tuple[torch.Tensor, Memory]:
         if len(memory) != len(self.blocks):
             raise ValueError(f"memory has {len(memory)} layers, the model {len(self.blocks)}")
         hidden = segment
@@ -238,19 +299,27 @@ class TransformerXLContext(ContextEncoder):
                     f"memory batch {layer_memory.shape[0]} != segment batch {segment.shape[0]}"
                 )
             new_memory.append(self.update_memory(layer_memory, hidden))
-            hidden = block(hidden, layer_memory)
+            hidden = block(hidden, layer_memory, rope)
         return self.norm(hidden), new_memory
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Whole sequence: segments of ``segment_len`` in order, memory carried, outputs joined."""
         if tokens.shape[1] == 0:
             return tokens
         memory = self.init_memory(tokens.shape[0], tokens.device, tokens.dtype)
+        rope = self.rope(coords, tokens.shape[1], tokens.device, tokens.dtype)
+
+        def keys_rope(start: int, stop: int) -> Optional[RotaryTables]:
+            """The tables of a segment's keys: its memory's tokens (the ones just before it) and its own."""
+            held = memory[0].shape[1] if memory else 0
+            return None if rope is None else rope.window(start - held, stop)
+
         if torch.is_grad_enabled():  # autograd joins the segments' outputs at the end
             step = checkpointed if recomputing(self, tokens) else (lambda fn, *args: fn(*args))
             outputs = []
-            for segment in tokens.split(self.segment_len, dim=1):
-                out, memory = step(self.forward_segment, segment, memory)
+            for start in range(0, tokens.shape[1], self.segment_len):
+                stop = min(start + self.segment_len, tokens.shape[1])
+                out, memory = step(self._segment, tokens[:, start:stop], memory, keys_rope(start, stop))
                 outputs.append(out)
             return torch.cat(outputs, dim=1)
         # Without autograd each segment's output goes straight into the result, so no small
@@ -258,7 +327,7 @@ class TransformerXLContext(ContextEncoder):
         # (on glibc that fragmentation grew the heap with every segment).
         result = torch.empty_like(tokens)
         for start in range(0, tokens.shape[1], self.segment_len):
-            window = slice(start, start + self.segment_len)
-            out, memory = self.forward_segment(tokens[:, window], memory)
-            result[:, window] = out
+            stop = min(start + self.segment_len, tokens.shape[1])
+            out, memory = self._segment(tokens[:, start:stop], memory, keys_rope(start, stop))
+            result[:, start:stop] = out
         return result
