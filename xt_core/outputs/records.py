@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from xt_core.outputs.atomic import atomic_path
+from xt_core.slide.slide import file_stem
 
 JSON_SUFFIX = ".json"
 SEGMENT_SUFFIXES = {"heatmap": ".heatmap.ome.tif", "preview": ".preview.png", "geojson": ".geojson"}
@@ -30,11 +31,7 @@ SUMMARY_TAIL = ["seconds", "error"]
 
 def slide_stem(path: str | os.PathLike) -> str:
     """The output name of a slide: its file name without the extension (as ``Slide.name``)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    return file_stem(path)
 
 
 def output_names(stem: str, segment: bool) -> dict[str, str]:

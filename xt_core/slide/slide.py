@@ -69,11 +69,7 @@ class Slide:
     @property
     def name(self) -> str:
         """File name without its extension (``.ome.tiff`` counts as one extension)."""
-        name = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return self.path.stem
+        return file_stem(self.path)
 
     @property
     def backend(self) -> str:
@@ -348,3 +344,13 @@ def _reason(exc: BaseException) -> str:
     """One line from a reader library's exception."""
     text = str(exc).strip().splitlines()
     return text[0] if text and text[0] else type(exc).__name__
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """A slide file's name without its extension, ``.ome.tif(f)`` counting as one: the name its
+    outputs and layers take."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
