@@ -105,6 +105,7 @@ class _ActiveRun:
     encode_started: float | None = None
     stop_reason: str | None = None
     partial_updates: int = 0  # preview refreshes drawn before the result (tests look at this)
+    ended: bool = False  # the worker returned: no preview may be drawn any more
 
 
 class XTWidget(QWidget):
@@ -444,7 +445,7 @@ class XTWidget(QWidget):
                 place_regions(run.preview, rows, cols, labels)
             else:
                 run.preview[rows, cols] = True
-            if not self._refresh_timer.isActive():
+            if not self._refresh_timer.isActive() and not run.ended:
                 self._refresh_timer.start()
         elif kind == "progress":
             done, total = payload
@@ -460,7 +461,7 @@ class XTWidget(QWidget):
 
     def _refresh_preview(self) -> None:
         run = self._run
-        if run is None or run.grid is None or run.preview is None or run.stop.is_set():
+        if run is None or run.ended or run.grid is None or run.preview is None or run.stop.is_set():
             return
         grid, info = run.grid, run.info
         if info.segmentation:
@@ -484,6 +485,10 @@ class XTWidget(QWidget):
         run = self._run
         if run is None or outcome.request is not run.request:
             return
+        # A preview refresh still queued (the timer, or a batch event handled late) must not
+        # paint the pre-context preview over the result about to be shown.
+        run.ended = True
+        self._refresh_timer.stop()
         if outcome.cancelled:
             self._drop_preview(run)
             reason = run.stop_reason or "cancelled"

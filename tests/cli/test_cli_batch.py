@@ -114,8 +114,15 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path: Path, uninterrupted,
     proc = subprocess.Popen([sys.executable, "-m", "xt_core.cli.main", *batch_args(manifest, out, model_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     first = out / "CMU-1-Small-Region.json"
+
+    def first_recorded() -> bool:  # the JSON is renamed into place first, the summary rewritten after it
+        try:
+            return read_summary_csv(out / "summary.csv")[0]["status"] == "done"
+        except (OSError, IndexError, KeyError, ValueError):
+            return False
+
     deadline = time.monotonic() + 240
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not first_recorded() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
