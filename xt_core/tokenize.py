@@ -81,13 +81,12 @@ class RegionGrid:
         row, col = divmod(index, self.cols)
         rs = self.region_size
         sx, sy = self.scale
-        tw, th = self.target_dimensions
         return Region(
             index=index,
             row=row,
             col=col,
             box=(col * rs * sx, row * rs * sy, (col + 1) * rs * sx, (row + 1) * rs * sy),
-            valid_size=(min(rs, tw - col * rs), min(rs, th - row * rs)),
+            valid_size=self._valid_size(row, col),
             tissue_fraction=float(self.tissue_fractions[index]),
         )
 
@@ -125,7 +124,7 @@ class RegionGrid:
         pixels = slide.read_region_at_mpp((region.box[0], region.box[1]), (rs, rs), self.target_mpp)
         return self._blank_padding(pixels, region.index)
 
-    def read_many(self, slide: Slide, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def read_many(self, slide: Slide, indices: np.ndarray) -> np.ndarray:
         """Pixels ``(N, R, R, 3)`` of the regions ``indices`` (raster order), equal to :meth:`read` each.
 
         On a snapped grid, neighbours in a row are read as one strip: one call into the reader
@@ -134,8 +133,7 @@ class RegionGrid:
         """
         indices = np.asarray(indices, dtype=np.int64)
         rs = self.region_size
-        if out is None:
-            out = np.empty((len(indices), rs, rs, 3), dtype=np.uint8)
+        out = np.empty((len(indices), rs, rs, 3), dtype=np.uint8)
         if self.read_level is None:
             for k, index in enumerate(indices):
                 out[k] = self.read(slide, int(index))
@@ -178,11 +176,15 @@ class RegionGrid:
                                          (n * rs * k, rs * k), k)  # (rs, n * rs, 3)
         return np.ascontiguousarray(strip.reshape(rs, n, rs, 3).transpose(1, 0, 2, 3))
 
+    def _valid_size(self, row: int, col: int) -> tuple[int, int]:
+        """(width, height) of the region at (row, col) that lies on the slide, in target pixels."""
+        rs = self.region_size
+        return min(rs, self.target_dimensions[0] - col * rs), min(rs, self.target_dimensions[1] - row * rs)
+
     def _blank_padding(self, pixels: np.ndarray, index: int) -> np.ndarray:
         """White beyond the slide's edge (whole target pixels past ``target_dimensions``)."""
         rs = self.region_size
-        row, col = divmod(index, self.cols)
-        vw, vh = min(rs, self.target_dimensions[0] - col * rs), min(rs, self.target_dimensions[1] - row * rs)
+        vw, vh = self._valid_size(*divmod(index, self.cols))
         if vw < rs or vh < rs:
             if not pixels.flags.writeable:
                 pixels = pixels.copy()

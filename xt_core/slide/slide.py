@@ -179,14 +179,8 @@ class Slide:
         lw, lh = self.level_dimensions[level]
         inside = x >= 0 and y >= 0 and x + w <= lw and y + h <= lh
         tiles = self._tiles
-        if (inside and tiles is not None and not (x | y | w | h) % k and tiles.can_shrink(level, k)):
-            if self._closed:
-                raise SlideError(self.path, "the slide is closed")
-            try:
-                return tiles.read(level, x, y, w, h, shrink=k)
-            except Exception as exc:
-                raise SlideError(self.path, f"cannot read level {level} at ({x}, {y}) size {w}x{h}: "
-                                            f"{_reason(exc)}") from exc
+        if inside and tiles is not None and not (x | y | w | h) % k and tiles.can_shrink(level, k):
+            return self._read_backend(level, x, y, w, h, shrink=k)
         return shrink_by(self._read_level_padded(level, x, y, w, h), k)
 
     def read_region_at_mpp(
@@ -246,10 +240,13 @@ class Slide:
         return self._handle().read_associated(name)
 
     # ------------------------------------------------------------------ internals
-    def _handle(self) -> SlideBackend:
-        """This thread's backend handle (one shared handle when the backend allows it)."""
+    def _check_open(self) -> None:
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
+
+    def _handle(self) -> SlideBackend:
+        """This thread's backend handle (one shared handle when the backend allows it)."""
+        self._check_open()
         if self._backend_cls.thread_safe:
             return self._handles[0]
         handle = getattr(self._local, "handle", None)
@@ -272,12 +269,13 @@ class Slide:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_backend(level, x0, y0, x1 - x0, y1 - y0)
         return out
 
-    def _read_backend(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def _read_backend(self, level: int, x: int, y: int, w: int, h: int, shrink: int = 1) -> np.ndarray:
+        """The level box from the direct tiles where they cover the level (``shrink`` > 1: decoded
+        k times smaller, see :meth:`read_region_shrunk`), else from the backend handle."""
         try:
             if self._tiles is not None and self._tiles.covers(level):
-                if self._closed:
-                    raise SlideError(self.path, "the slide is closed")
-                pixels = self._tiles.read(level, x, y, w, h)
+                self._check_open()
+                pixels = self._tiles.read(level, x, y, w, h, shrink=shrink)
             else:
                 pixels = self._handle().read_level(level, x, y, w, h)
         except SlideError:
@@ -286,7 +284,7 @@ class Slide:
             raise SlideError(
                 self.path, f"cannot read level {level} at ({x}, {y}) size {w}x{h}: {_reason(exc)}"
             ) from exc
-        if pixels.shape != (h, w, 3):
+        if pixels.shape != (h // shrink, w // shrink, 3):
             raise SlideError(self.path, f"reader returned {pixels.shape} for a {w}x{h} read")
         return pixels
 
