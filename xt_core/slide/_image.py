@@ -10,7 +10,6 @@ clear error rather than filling memory.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -30,7 +29,8 @@ MAX_DECODED_PIXELS = 2**27
 
 
 class ImageBackend(SlideBackend):
-    """One level; safe from several threads (TIFF: one tifffile handle per thread)."""
+    """One level. A decoded PNG/JPEG is shared by every thread; a TIFF handle seeks one file
+    object, so a TIFF is not ``thread_safe`` and :class:`Slide` opens one handle per thread."""
 
     name = "image"
     thread_safe = True
@@ -39,6 +39,7 @@ class ImageBackend(SlideBackend):
         super().__init__(path)
         if self.path.lower().endswith(TIFF_SUFFIXES) or _is_tiff(self.path):  # NDPI, SVS... are TIFFs too
             self._reader: _TiffReader | _PillowReader = _TiffReader(self.path)
+            self.thread_safe = False
         else:
             self._reader = _PillowReader(self.path)
 
@@ -66,10 +67,7 @@ class ImageBackend(SlideBackend):
 
 
 class _TiffReader:
-    """The first page of a TIFF, read region by region through tifffile's zarr view of it.
-
-    A tifffile handle seeks one shared file object, so each thread gets its own handle.
-    """
+    """The first page of a TIFF, read region by region through tifffile's zarr view of it."""
 
     def __init__(self, path: str) -> None:
         import tifffile
@@ -100,39 +98,19 @@ class _TiffReader:
         except Exception:
             tif.close()
             raise
-        self._lock = threading.Lock()
-        self._files = [tif]
-        self._local = threading.local()
-        self._local.pixels = self._open_pixels(tif)
-
-    @staticmethod
-    def _open_pixels(tif):
         import zarr
 
-        return zarr.open(tif.aszarr(key=0), mode="r")
-
-    def _pixels(self):
-        pixels = getattr(self._local, "pixels", None)
-        if pixels is None:
-            import tifffile
-
-            tif = tifffile.TiffFile(self.path)
-            with self._lock:
-                self._files.append(tif)
-            pixels = self._local.pixels = self._open_pixels(tif)
-        return pixels
+        self._tif = tif
+        self._pixels = zarr.open(tif.aszarr(key=0), mode="r")
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        pixels = self._pixels()
+        pixels = self._pixels
         if self.axes == "SYX":
             return _to_rgb(np.moveaxis(np.asarray(pixels[:, y : y + height, x : x + width]), 0, -1))
         return _to_rgb(np.asarray(pixels[y : y + height, x : x + width]))
 
     def close(self) -> None:
-        with self._lock:
-            for tif in self._files:
-                tif.close()
-            self._files.clear()
+        self._tif.close()
 
 
 class _PillowReader:

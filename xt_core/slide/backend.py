@@ -35,7 +35,8 @@ class SlideBackend(ABC):
 
     #: Registered name, e.g. ``"openslide"``.
     name: str = ""
-    #: True when one handle may be read from several threads at once.
+    #: True when one handle may be read from several threads at once (a backend may set it per
+    #: instance, for the file it opened).
     thread_safe: bool = False
 
     def __init__(self, path: str | os.PathLike) -> None:

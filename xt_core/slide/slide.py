@@ -52,6 +52,8 @@ class Slide:
         self._local = threading.local()
         self._local.handle = handle
         self._closed = False
+        # one handle for all threads where the backend allows it (some decide per file, e.g. image)
+        self._shared_handle = bool(handle.thread_safe)
         # Tiled TIFF levels are read straight from the file (xt_core.slide.tiles), the rest by the backend.
         self._tiles = (open_tiff_tiles(self.path, self._meta.level_dimensions)
                        if backend_cls.name in _DIRECT_TILE_BACKENDS and os.environ.get("XT_DIRECT_TILES") != "0"
@@ -247,7 +249,7 @@ class Slide:
     def _handle(self) -> SlideBackend:
         """This thread's backend handle (one shared handle when the backend allows it)."""
         self._check_open()
-        if self._backend_cls.thread_safe:
+        if self._shared_handle:
             return self._handles[0]
         handle = getattr(self._local, "handle", None)
         if handle is None:
