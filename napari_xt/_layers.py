@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -206,7 +205,3 @@ def regions_layer(done: np.ndarray, grid: DisplayGrid, placement: Placement, nam
     ids = np.where(done, np.arange(done.size, dtype=np.int32).reshape(done.shape) + 1, 0)
     kwargs = {"name": name, "colormap": colormap, "opacity": 0.9, "metadata": metadata, **grid.geometry(placement)}
     return (grid.expand(ids), kwargs, "labels")
-
-
-def layer_stem(slide_path: str) -> str:
-    return Path(slide_path).name

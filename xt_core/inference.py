@@ -20,6 +20,7 @@ import torch
 from xt_core import __version__, runtime
 from xt_core.errors import NoTissueError
 from xt_core.models.xt import XTModel
+from xt_core.preview import place_regions, token_blocks
 from xt_core.settings import OptionError, RunSettings
 from xt_core.slide import Slide
 from xt_core.stream import iter_region_batches
@@ -240,7 +241,5 @@ def _layout_heatmap(
     _, u, _, c = seg.shape
     side = t * u
     heat = np.full((grid.rows * side, grid.cols * side, c), np.nan, dtype=np.float32)
-    per_region = seg.reshape(len(rows), t, t, u, u, c).transpose(0, 1, 3, 2, 4, 5).reshape(len(rows), side, side, c)
-    for k, (r, col) in enumerate(zip(rows, cols)):
-        heat[r * side : (r + 1) * side, col * side : (col + 1) * side] = per_region[k]
+    place_regions(heat, rows, cols, token_blocks(seg, t))
     return heat

@@ -40,8 +40,15 @@ def region_probabilities(model: "XTModel", tokens: "torch.Tensor") -> np.ndarray
         seq = tokens.reshape(1, k * t * t, -1).to(device=param.device, dtype=param.dtype)
         logits = model.segmenter(seq)[0]  # (k*t*t, u, u, C)
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    u, c = probs.shape[1], probs.shape[-1]
-    return probs.reshape(k, t, t, u, u, c).transpose(0, 1, 3, 2, 4, 5).reshape(k, t * u, t * u, c)
+    return token_blocks(probs, t)
+
+
+def token_blocks(per_token: np.ndarray, t: int) -> np.ndarray:
+    """Per-token values ``(k*t*t, u, u, C)`` of k regions, in sequence order -> one block per
+    region ``(k, t*u, t*u, C)``, laid out as on the slide. The final heatmap uses it too."""
+    _, u, _, c = per_token.shape
+    k = per_token.shape[0] // (t * t)
+    return per_token.reshape(k, t, t, u, u, c).transpose(0, 1, 3, 2, 4, 5).reshape(k, t * u, t * u, c)
 
 
 def place_regions(canvas: np.ndarray, rows: np.ndarray, cols: np.ndarray, blocks: np.ndarray) -> None:

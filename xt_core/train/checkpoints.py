@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from xt_core import __version__
+from xt_core.models.checkpoint import WEIGHTS_NAME
 from xt_core.models.xt import XTModel
 from xt_core.outputs.atomic import atomic_path
 
@@ -111,7 +112,7 @@ def load_train_state(folder: Path, optimizer, scheduler, scaler, device: torch.d
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The last complete ``epoch-XXX`` folder of a run (its train_state.json written), or None."""
     folders = sorted(Path(out_dir).glob("epoch-[0-9][0-9][0-9]*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [f for f in folders if (f / STATE_JSON).is_file() and (f / "model.safetensors").is_file()]
+    complete = [f for f in folders if (f / STATE_JSON).is_file() and (f / WEIGHTS_NAME).is_file()]
     return complete[-1] if complete else None
 
 
@@ -119,5 +120,5 @@ def load_weights_into(model: XTModel, folder: Path) -> None:
     """An epoch folder's model weights into ``model`` (strict), for resuming."""
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / "model.safetensors"))
+    state = load_file(str(folder / WEIGHTS_NAME))
     model.load_state_dict(state, strict=True)
