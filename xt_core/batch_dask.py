@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from xt_core import runtime
 from xt_core.api import analyse_slide, check_segmentation, resolve_model
 from xt_core.batch import (
     BatchInterrupted,
@@ -173,13 +174,11 @@ def run_slide_task(task: SlideTask) -> tuple[dict[str, Any] | None, XTError | No
 
 def _apply_worker_resources(task: SlideTask) -> RunSettings:
     """Give torch this worker's thread budget; pick this worker's GPU on a local multi-GPU cluster."""
-    from xt_core import runtime
-
     runtime.prepare_process()  # a `dask worker` that has not imported torch yet gets sleeping OpenMP threads
     import torch
 
     worker = _current_worker()
-    threads = _env_threads()
+    threads = runtime.env_threads()
     if threads is None:
         own = worker.state.nthreads if worker is not None else 1
         slots = dict(task.host_slots).get(_worker_host(worker), own) if worker is not None else own
@@ -208,15 +207,6 @@ def _worker_host(worker) -> str:
     from distributed.comm import get_address_host
 
     return get_address_host(worker.address)
-
-
-def _env_threads() -> int | None:
-    text = os.environ.get("XT_NUM_THREADS")
-    try:
-        value = int(text) if text else None
-    except ValueError:
-        return None
-    return value if value is not None and value >= 1 else None
 
 
 def _note_worker_traceback(exc: BaseException) -> None:
@@ -374,7 +364,8 @@ def _connect(scheduler: str, jobs: int | None, gpu: bool) -> tuple[Any, Any, str
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.CRITICAL, resources={"GPU": 1} if gpu else None,
-                                   env={"XT_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, **_omp_env()})
+                                   env={"XT_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
+                                        **runtime.omp_wait_policy_env()})
         try:
             return cluster, Client(cluster, set_as_default=False), cluster.scheduler_address
         except BaseException:
@@ -401,14 +392,6 @@ class _QuietDaskLogs:
     def __exit__(self, *exc: Any) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _omp_env() -> dict[str, str]:
-    """The OpenMP wait policy local workers start with: the user's, else sleeping threads
-    (see xt_core.runtime.prepare_process), unless XT_NO_TUNING=1."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
-    return {} if os.environ.get("XT_NO_TUNING") == "1" else {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _why(exc: BaseException, address: str) -> str:

@@ -34,8 +34,8 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["prepare_process", "configure", "applied", "release_memory", "preloaded_allocator", "glibc_version",
-           "tcmalloc_path"]
+__all__ = ["prepare_process", "configure", "env_threads", "omp_wait_policy_env", "applied", "release_memory",
+           "preloaded_allocator", "glibc_version", "tcmalloc_path"]
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -210,15 +210,29 @@ def _configure_allocator() -> dict[str, Any]:
             "glibc": version, "mallopt": done}
 
 
+def env_threads() -> int | None:
+    """The torch thread count ``XT_NUM_THREADS`` asks for (None: unset or not a positive integer)."""
+    text = os.environ.get("XT_NUM_THREADS")
+    try:
+        value = int(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 1 else None
+
+
+def omp_wait_policy_env() -> dict[str, str]:
+    """The ``OMP_WAIT_POLICY`` a process started from this one should get, by
+    :func:`prepare_process`'s rule: the user's, else ``PASSIVE`` unless ``XT_NO_TUNING=1``."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+    return {} if os.environ.get("XT_NO_TUNING") == "1" else {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def _configure_threads(threads: int | None) -> dict[str, Any]:
     import torch
 
-    env = os.environ.get("XT_NUM_THREADS")
-    if threads is None and env:
-        try:
-            threads = int(env)
-        except ValueError:
-            threads = None
+    if threads is None:
+        threads = env_threads()
     if threads is not None and threads >= 1 and threads != torch.get_num_threads():
         torch.set_num_threads(int(threads))
     return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
