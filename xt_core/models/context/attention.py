@@ -17,7 +17,7 @@ permutation-equivariant and sees positions only through what the model added to 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -146,17 +146,8 @@ class AttentionContext(ContextEncoder):
         super().__init__()
         if query_chunk is not None and query_chunk < 1:
             raise ValueError(f"query_chunk must be positive or None, got {query_chunk}")
-        self.dim = dim
-        self.recompute = recompute
-        self.heads = check_heads(dim, heads)
-        self.positions, self.rope_base = check_positions(positions), float(rope_base)
-        if self.positions == "rope2d":
-            rotary_tables(torch.zeros(0, 2), dim // self.heads)  # fail now on a head width RoPE cannot split
-        self.blocks = nn.ModuleList(
-            AttentionBlock(dim, mlp_ratio, dropout, SelfAttention(dim, self.heads, dropout, query_chunk))
-            for _ in range(depth)
-        )
-        self.norm = RMSNorm(dim)
+        build_attention_stack(self, dim, depth, heads, mlp_ratio, dropout, recompute, positions, rope_base,
+                              lambda index: SelfAttention(dim, self.heads, dropout, query_chunk))
 
     @property
     def query_chunk(self) -> int | None:
@@ -170,6 +161,25 @@ class AttentionContext(ContextEncoder):
 
     def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         return run_blocks(self, tokens, coords)
+
+
+def build_attention_stack(
+    encoder: nn.Module, dim: int, depth: int, heads: int | None, mlp_ratio: float, dropout: float,
+    recompute: bool, positions: str, rope_base: float, make_attention: Callable[[int], nn.Module],
+) -> None:
+    """Give ``encoder`` what every global-attention encoder has (``dim``, ``heads``, ``recompute``,
+    ``positions``, ``rope_base``, ``depth`` LLaMA-style ``blocks`` and the final ``norm``), with
+    ``make_attention(layer_index)`` as each block's attention core (exact or HyperAttention)."""
+    encoder.dim = dim
+    encoder.recompute = recompute
+    encoder.heads = check_heads(dim, heads)
+    encoder.positions, encoder.rope_base = check_positions(positions), float(rope_base)
+    if encoder.positions == "rope2d":
+        rotary_tables(torch.zeros(0, 2), dim // encoder.heads)  # fail now on a head width RoPE cannot split
+    encoder.blocks = nn.ModuleList(
+        AttentionBlock(dim, mlp_ratio, dropout, make_attention(index)) for index in range(depth)
+    )
+    encoder.norm = RMSNorm(dim)
 
 
 def encoder_rope(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor]) -> Optional[RotaryTables]:

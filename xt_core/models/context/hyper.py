@@ -35,13 +35,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from xt_core.models.context.attention import AttentionBlock, SelfAttention, chunked_attention, run_blocks
+from xt_core.models.context.attention import SelfAttention, build_attention_stack, chunked_attention, run_blocks
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
-from xt_core.models.context.layers import RMSNorm, check_heads
 from xt_core.models.context.recompute import checkpointed
-from xt_core.models.context.rope import DEFAULT_ROPE_BASE, check_positions, rotary_tables
+from xt_core.models.context.rope import DEFAULT_ROPE_BASE
 
 #: Queries processed at once by the approximate path (a multiple of the block size is used):
 #: working memory ``query_chunk * (block_size + sample_size)`` scores per head.
@@ -304,19 +302,10 @@ class HyperAttentionContext(ContextEncoder):
         rope_base: float = DEFAULT_ROPE_BASE,
     ) -> None:
         super().__init__()
-        self.dim = dim
-        self.recompute = recompute
-        self.heads = check_heads(dim, heads)
-        self.positions, self.rope_base = check_positions(positions), float(rope_base)
-        if self.positions == "rope2d":
-            rotary_tables(torch.zeros(0, 2), dim // self.heads)  # fail now on a head width RoPE cannot split
-        self.blocks = nn.ModuleList(
-            AttentionBlock(dim, mlp_ratio, dropout, HyperSelfAttention(
-                dim, self.heads, block_size, sample_size, lsh_projections, exact_below, causal, query_chunk,
-                seed + index))
-            for index in range(depth)
-        )  # fmt: skip
-        self.norm = RMSNorm(dim)
+        build_attention_stack(
+            self, dim, depth, heads, mlp_ratio, dropout, recompute, positions, rope_base,
+            lambda index: HyperSelfAttention(dim, self.heads, block_size, sample_size, lsh_projections, exact_below,
+                                             causal, query_chunk, seed + index))
 
     def forward(self, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         return run_blocks(self, tokens, coords)
