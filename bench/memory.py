@@ -20,7 +20,7 @@ def memory_benchmark(
     sizes: tuple[int, ...] = (4096, 16384, 32768),
     *,
     model: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     workers: int = 2,
     target_mpp: float | None = None,
     workdir: str | os.PathLike | None = None,
@@ -57,7 +57,9 @@ def memory_benchmark(
             if progress:
                 progress(f"{size} px: slide written in {made:.0f} s ({slide.stat().st_size / 2**20:.0f} MiB), running")
             cmd = [sys.executable, "-m", "xt_bench.memory", str(slide),
-                   "--batch-size", str(batch_size), "--workers", str(workers), "--backend", backend]
+                   "--workers", str(workers), "--backend", backend]
+            if batch_size is not None:
+                cmd += ["--batch-size", str(batch_size)]
             if model is not None:
                 cmd += ["--model", str(model)]
             if target_mpp is not None:
@@ -108,7 +110,7 @@ def _memory_child(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m xt_bench.memory")
     parser.add_argument("slide")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's (RunSettings)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--target-mpp", type=float, default=None)
     parser.add_argument("--backend", default="auto")

@@ -108,7 +108,7 @@ def model_benchmark(
     slide_path: str,
     model=None,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     workers: int = 2,
     repeats: int = 3,
     backend: str = "auto",
@@ -145,6 +145,7 @@ def model_benchmark(
     slide = open_slide(slide_path, backend=backend, mpp=mpp)
     try:
         cfg = model.config
+        batch_size = RunSettings(batch_size=batch_size).regions_per_batch(cfg.region_size)  # None: as classify
         tissue = tissue_mask(slide)
         grid = make_region_grid(slide, target_mpp=cfg.target_mpp, region_size=cfg.region_size,
                                 chunk_size=cfg.chunk_size, tissue=tissue)

@@ -50,7 +50,7 @@ def read_benchmark(
     *,
     region_size: int = 512,
     target_mpp: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     workers: tuple[int, ...] = (1, 2),
     min_seconds: float = 3.0,
     backend: str = "auto",
@@ -63,6 +63,9 @@ def read_benchmark(
     a warm-up pass first fills the OS file cache so that disk speed does not favour
     whichever runs later.
     """
+    from xt_core.settings import RunSettings
+
+    batch_size = RunSettings(batch_size=batch_size).regions_per_batch(region_size)  # None: as classify
     slide = open_slide(path, backend=backend, mpp=mpp)
     grid = make_region_grid(slide, target_mpp=target_mpp, region_size=region_size, chunk_size=region_size)
     indices = np.arange(grid.n_regions)

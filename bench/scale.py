@@ -53,12 +53,12 @@ def cores_slide(path: Path, width: int = 98_304, height: int = 81_920, mpp: floa
 #: once held more (this one, after writing a slide) would report the parent's peak.
 _XT_SLIDE = (
     "import sys\n"
-    "from xt_core.cli.main import main\n"
+    "from xt_core.cli.main import exit_now, main\n"
     "code = main(sys.argv[1:])\n"
     "with open('/proc/self/status') as fh:\n"
     "    hwm = next(line.split()[1] for line in fh if line.startswith('VmHWM:'))\n"
     "print(f'XT_PEAK_RSS_KB={hwm}', file=sys.stderr)\n"
-    "sys.exit(code)\n"
+    "exit_now(code)\n"
 )
 
 
@@ -98,8 +98,11 @@ def classify(slide: Path, out: Path, *extra: str, command: str = "classify") -> 
 
 
 # ----------------------------------------------------------------------------- encoder limit
-def encoder_only(slide: Path, *, batch_size: int = 8, regions: int = 400, repeats: int = 1) -> dict[str, Any]:
-    """The default model's region encoder alone on in-memory batches of this slide's regions."""
+def encoder_only(slide: Path, *, batch_size: int | None = None, regions: int = 640, repeats: int = 1) -> dict[str, Any]:
+    """The default model's region encoder alone on in-memory batches of this slide's regions.
+
+    ``batch_size`` None: the batch ``xt-slide classify`` uses (``RunSettings.regions_per_batch``).
+    """
     code = (
         "import json, sys\n"
         "from xt_core import runtime\n"
@@ -111,12 +114,13 @@ def encoder_only(slide: Path, *, batch_size: int = 8, regions: int = 400, repeat
     return json.loads(run["stdout"].strip().splitlines()[-1])
 
 
-def _encoder_child(slide_path: str, batch_size: int, regions: int, repeats: int) -> dict[str, Any]:
+def _encoder_child(slide_path: str, batch_size: int | None, regions: int, repeats: int) -> dict[str, Any]:
     import torch
     from xt_bench.model import encoder_benchmark
 
     from xt_core import runtime
     from xt_core.api import resolve_model
+    from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
     from xt_core.stream import iter_region_batches
     from xt_core.tissue import tissue_mask
@@ -126,6 +130,7 @@ def _encoder_child(slide_path: str, batch_size: int, regions: int, repeats: int)
     model = resolve_model(None).eval()
     model.region_encoder.to(memory_format=torch.channels_last)  # as predict_slide runs it
     cfg = model.config
+    batch_size = RunSettings(batch_size=batch_size).regions_per_batch(cfg.region_size)
     with open_slide(slide_path) as slide:
         grid = make_region_grid(slide, target_mpp=cfg.target_mpp, region_size=cfg.region_size,
                                 chunk_size=cfg.chunk_size, tissue=tissue_mask(slide))
@@ -134,7 +139,7 @@ def _encoder_child(slide_path: str, batch_size: int, regions: int, repeats: int)
                                          as_tensor=True))
     best = max((encoder_benchmark(model, batch.images, batches=max(1, regions // batch_size))
                 for _ in range(repeats)), key=lambda r: r["regions_per_s"])
-    return {"regions_per_s": best["regions_per_s"], "threads": torch.get_num_threads()}
+    return {"regions_per_s": best["regions_per_s"], "threads": torch.get_num_threads(), "batch_size": batch_size}
 
 
 # ----------------------------------------------------------------------------- read split
@@ -149,6 +154,7 @@ def read_split(slide_path: Path, *, regions: int = 400, batch_size: int = 8) -> 
 
 def _read_split_child(slide_path: str, regions: int, batch_size: int) -> dict[str, Any]:
     from xt_core.api import resolve_model
+    from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
     from xt_core.slide.resample import shrink_by
     from xt_core.tissue import tissue_mask

@@ -197,8 +197,10 @@ class XTWidget(QWidget):
         self._device.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self._device)
         self._batch = QSpinBox()
-        self._batch.setRange(1, 256)
-        self._batch.setValue(8)
+        self._batch.setRange(0, 256)
+        self._batch.setSpecialValueText("auto")  # 0: the engine's choice (RunSettings.regions_per_batch)
+        self._batch.setValue(0)
+        self._batch.setToolTip("regions per forward pass; auto: about 1.6 megapixels' worth")
         form.addRow("batch size", self._batch)
         self._controls = run_box
         outer.addWidget(run_box)
@@ -389,7 +391,7 @@ class XTWidget(QWidget):
         try:
             settings = RunSettings(mpp=mpp, force_mpp=bool(mpp and slide_mpp), target_mpp=target,
                                    tissue_threshold=float(self._tissue.value()), device=self._device.currentText(),
-                                   batch_size=int(self._batch.value()))
+                                   batch_size=int(self._batch.value()) or None)
         except XTError as exc:
             raise _Refusal(str(exc)) from None
         placement = Placement.of_layer(layer)

@@ -79,6 +79,30 @@ def test_jpeg_tiles_decode_at_half_size_in_the_right_colours(slides_dir: Path, n
         assert (edge[33:] == 255).all() and (edge[:, 33:] == 255).all()
 
 
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_pyramid.ome.tiff"])
+def test_both_jpeg_decoders_give_the_same_pixels(slides_dir: Path, name: str) -> None:
+    """simplejpeg (the fast path) and Pillow's draft mode (the fallback) decode a real RGB SVS
+    tile and a YCbCr one identically, in full and at 1/2 and 1/4, and in full like tifffile."""
+    import os
+
+    from xt_core.slide import tiles
+
+    assert tiles._simplejpeg is not None  # a dependency: the fast path is the one tested
+    with open_slide(slides_dir / name) as slide:
+        page = slide._tiles._pages[0]
+        counts = np.asarray(page.databytecounts)
+        for index in (int(np.argmax(counts)), 0):
+            data = os.pread(slide._tiles._fd, int(counts[index]), int(page.dataoffsets[index]))
+            stream = tiles._jpeg_stream(data, page)
+            for k in (1, 2, 4):
+                fast = tiles._jpeg_scaled(data, page, k)
+                size = (page.tilewidth // k, page.tilelength // k)
+                assert fast.shape == (size[1], size[0], 3)
+                np.testing.assert_array_equal(fast, tiles._pillow_scaled(stream, size))
+            full = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            np.testing.assert_array_equal(tiles._jpeg_scaled(data, page, 1), full.reshape(full.shape[-3:]))
+
+
 def test_strips_equal_single_reads_in_any_grouping(slide_40x: Path) -> None:
     with open_slide(slide_40x) as slide:
         grid = make_region_grid(slide, target_mpp=0.5, region_size=224, chunk_size=224)

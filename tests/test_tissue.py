@@ -440,3 +440,22 @@ def test_fraction_in_box_is_cheap_for_a_big_grid() -> None:
         tissue.fraction_in_box(*box)
     elapsed = time.perf_counter() - start
     assert elapsed < 10  # measured 0.8 s for 100,000 boxes
+
+
+def test_our_otsu_and_disk_equal_scikit_image() -> None:
+    """The threshold and structuring element written in tissue.py (to spare every command the
+    import of scikit-image's filters) equal scikit-image's, on two-population samples."""
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk
+
+    from xt_core.tissue import _disk, otsu_threshold
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        glass = rng.normal(rng.uniform(-5, 0), rng.uniform(0.1, 1), rng.integers(20, 5000))
+        stain = rng.normal(rng.uniform(-2, 1), 0.3, rng.integers(1, 3000))
+        values = np.concatenate([glass, stain])
+        assert otsu_threshold(values) == threshold_otsu(values)
+    assert otsu_threshold(np.full(50, 0.3)) == 0.3
+    for radius in range(12):
+        np.testing.assert_array_equal(_disk(radius), disk(radius).astype(bool))

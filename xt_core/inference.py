@@ -195,7 +195,8 @@ def _encode_stream(
     rows = torch.empty(n, dtype=torch.long)
     cols = torch.empty(n, dtype=torch.long)
     filled, wait = 0, 0.0
-    batches = iter_region_batches(slide, grid, batch_size=settings.batch_size, workers=settings.workers,
+    batch_size = settings.regions_per_batch(model.config.region_size)
+    batches = iter_region_batches(slide, grid, batch_size=batch_size, workers=settings.workers,
                                   indices=indices, as_tensor=True, pin_memory=dev.type == "cuda")
     t_wait = time.perf_counter()
     for batch in batches:

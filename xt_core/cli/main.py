@@ -7,8 +7,10 @@ single-slide commands. ``--debug`` adds the traceback to an error.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from xt_core import __version__
 from xt_core.cli._options import print_error
@@ -62,5 +64,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` without tearing the interpreter down.
+
+    Once a command has returned, its outputs are written and closed (every file goes through a
+    temporary name and a rename inside the command), its reader threads and any Dask cluster
+    are shut down, and nothing is left to do but free memory the system takes back anyway.
+    Python's own shutdown, which unloads torch, timm and torchvision module by module, costs
+    about 0.5 s on the reference machine: a fifth of the fixed cost of ``xt-slide classify``.
+    So the streams and logging are flushed and the process ends with ``os._exit``.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``| head``) or a closed stream
+            pass
+    os._exit(code)
+
+
+def run() -> NoReturn:
+    """The ``xt-slide`` console script: :func:`main` on the command line, then :func:`exit_now`."""
+    exit_now(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
