@@ -256,11 +256,19 @@ class TransformerXLContext(ContextEncoder):
         return [torch.zeros(batch, 0, self.dim, device=device, dtype=dtype) for _ in self.blocks]
 
     def update_memory(self, memory: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Last ``mem_len`` tokens of ``[memory, hidden]``, detached from autograd (a copy, so
-        that a memory kept for a later segment's recomputation does not keep the whole
-        joined tensor, or the layer's input, alive)."""
+        """Last ``mem_len`` tokens of ``[memory, hidden]``, detached from autograd.
+
+        Where the memory is the whole of this segment's layer input (``mem_len`` equal to the
+        segment's length, the default) it is that tensor itself, not a copy: for the first
+        layer a view of the token sequence, which exists anyway, so a recomputing training step
+        keeps ``depth - 1`` token-width copies of the sequence for the segments' memories
+        instead of ``depth``. Otherwise a copy, so that a memory kept for a later segment's
+        recomputation does not keep the whole joined tensor, or the layer's input, alive.
+        """
         if self.mem_len == 0:
             return hidden[:, :0].detach()
+        if hidden.shape[1] == self.mem_len:
+            return hidden.detach()
         joined = torch.cat([memory.to(hidden.dtype), hidden], dim=1) if memory.shape[1] else hidden
         return joined[:, -self.mem_len :].detach().clone()
 
@@ -316,11 +324,14 @@ class TransformerXLContext(ContextEncoder):
 
         if torch.is_grad_enabled():  # autograd joins the segments' outputs at the end
             step = checkpointed if recomputing(self, tokens) else (lambda fn, *args: fn(*args))
-            outputs = []
-            for start in range(0, tokens.shape[1], self.segment_len):
-                stop = min(start + self.segment_len, tokens.shape[1])
-                out, memory = step(self._segment, tokens[:, start:stop], memory, keys_rope(start, stop))
+            # One split, not a slice per segment: backward then joins the segments' gradients
+            # once, where each slice's backward would write a zero-filled copy of the whole sequence.
+            outputs, start = [], 0
+            for segment in tokens.split(self.segment_len, dim=1):
+                stop = start + segment.shape[1]
+                out, memory = step(self._segment, segment, memory, keys_rope(start, stop))
                 outputs.append(out)
+                start = stop
             return torch.cat(outputs, dim=1)
         # Without autograd each segment's output goes straight into the result, so no small
         # long-lived tensors sit between one segment's transient blocks and the next's
