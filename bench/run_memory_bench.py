@@ -17,7 +17,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="4096,16384,32768")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: as xt-slide classify (RunSettings)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--target-mpp", type=float, default=None)
     parser.add_argument("--backend", default="auto", help="reader for open_slide (default auto, as the CLI)")
@@ -37,7 +37,7 @@ def main() -> int:
     m = machine_info()
     run0 = result["runs"][0]
     print(f"Machine: {m['cpu_count']} CPUs, {m['processor']}, Python {m['python']}, {m['system']}; "
-          f"model: {run0['model'].split(':')[0]}; batch {result['batch_size']}, {result['workers']} reader workers; "
+          f"model: {run0['model'].split(':')[0]}; batch {result['batch_size'] or 'auto'}, {result['workers']} reader workers; "
           f"allocator: {run0['runtime'].get('allocator')}")
     print()
     print("| slide (px, 0.5 um/px) | file MiB | regions encoded / grid | reader | peak RSS MB "

@@ -26,8 +26,8 @@ from xt_core.settings import OptionError, RunSettings
 def test_defaults_overrides_and_validation() -> None:
     s = RunSettings()
     assert (s.target_mpp, s.tissue_threshold, s.batch_size, s.workers, s.device) == (None, None, None, 2, "auto")
-    # the batch is counted in pixels: 32 regions of 224 px, 6 of 512 px, at least 1; a set size wins
-    assert [s.regions_per_batch(r) for r in (224, 512, 4096)] == [32, 6, 1]
+    # the batch is counted in pixels: 8 regions of 224 px, 2 of 512 px, at least 1; a set size wins
+    assert [s.regions_per_batch(r) for r in (224, 512, 4096)] == [8, 2, 1]
     assert RunSettings(batch_size=5).regions_per_batch(512) == 5
     t = RunSettings.build(s, mpp=0.25, batch_size=16)
     assert (t.mpp, t.batch_size) == (0.25, 16) and s.mpp is None  # frozen: s is unchanged

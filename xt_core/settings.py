@@ -24,14 +24,16 @@ __all__ = ["BACKEND_CHOICES", "BATCH_PIXELS", "DEVICE_CHOICES", "OptionError", "
 BACKEND_CHOICES = ("auto", "openslide", "tiffslide", "image")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
-#: Pixels per forward pass when the batch size is left to the engine: 32 regions of 224 px
-#: (the bundled model), 6 of 512 px. Per-call overheads (waking the OpenMP threads for every
-#: layer, Python between layers) are paid per batch, so small batches waste the encoder's
-#: time: the bundled model's encoder alone on 2 CPU cores runs 245 regions/s at batch 8, 277
-#: at 16 and 294 at 32, and 32 keeps its activations near 200 MB (README "Real slides at
-#: real scale"). Counted in pixels, not regions, so a model with larger regions gets
-#: proportionally fewer per batch and the same memory.
-BATCH_PIXELS = 32 * 224 * 224
+#: Pixels per forward pass when the batch size is left to the engine: 8 regions of 224 px (the
+#: bundled model), 2 of 512 px. Counted in pixels, not regions, so a model with larger regions
+#: gets proportionally fewer per batch and the same activation memory. Larger batches are
+#: faster (per-call overheads, such as waking the OpenMP threads for every layer, are paid per
+#: batch: the bundled model's encoder alone on 2 CPU cores runs 245 regions/s at batch 8, 277 at
+#: 16, 294 at 32) but each doubling adds its activations to the peak, and on long slides glibc's
+#: heap creeps further above that (the 98k px slide peaked 1.5x the 4k one at batch 32, 1.2-1.4x
+#: at 16, 1.15x at 8: README "Real slides at real scale"). So 8 by default, and
+#: ``--batch-size 32`` where memory is plentiful.
+BATCH_PIXELS = 8 * 224 * 224
 
 
 class OptionError(XTError):

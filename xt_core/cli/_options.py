@@ -77,7 +77,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs (default: auto, CUDA when there is a GPU)")
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
-                        help="regions per forward pass (default: about 1.6 megapixels' worth, 32 regions of 224 px)")
+                        help="regions per forward pass (default: 0.4 megapixels' worth, 8 regions of 224 px; "
+                             "32 runs the encoder 20%% faster for about 350 MB more memory)")
     parser.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
                         help="reader threads decoding regions ahead of the model (default 2)")
     parser.add_argument("--target-mpp", type=positive_float, default=None, metavar="X",

@@ -54,7 +54,7 @@ def add_parser(sub, name: str, parents) -> None:
     p.add_argument("--model", default=None, metavar="PATH",
                    help="checkpoint folder or file (default: the bundled default model)")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="regions per batch (default: as classify, about 1.6 megapixels' worth)")
+                   help="regions per batch (default: as classify, 0.4 megapixels' worth)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="reader threads (model, memory)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="model mode: runs of each measurement, the best is kept")
