@@ -106,3 +106,14 @@ def test_failed_tissue_leaves_no_file(tmp_path: Path, slides_dir: Path) -> None:
     out = tmp_path / "broken.png"
     proc = xt_slide("tissue", str(slides_dir / "broken.svs"), "--out", str(out))
     assert proc.returncode == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(slides_dir: Path) -> None:
+    """``xt-slide info --json SLIDE | head -c 0``: no "internal error" line, SIGPIPE's status."""
+    proc = subprocess.Popen([sys.executable, "-m", "xt_core.cli.main", "info", str(slides_dir / "CMU-1-Small-Region.svs"),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc.stdout.close()  # the reader is gone before the command prints anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "error" not in err and "Traceback" not in err

@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xt-slide ... --json | head`: the reader left; stop quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the final flush has somewhere to go
+        return 128 + 13  # the status a shell reports for SIGPIPE
     except Exception as exc:  # XTError: bad input; anything else a bug; one line either way unless --debug
         print_error(exc, args.debug)
         return EXIT_ERROR
