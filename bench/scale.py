@@ -154,7 +154,6 @@ def read_split(slide_path: Path, *, regions: int = 400, batch_size: int = 8) -> 
 
 def _read_split_child(slide_path: str, regions: int, batch_size: int) -> dict[str, Any]:
     from xt_core.api import resolve_model
-    from xt_core.settings import RunSettings
     from xt_core.slide import open_slide
     from xt_core.slide.resample import shrink_by
     from xt_core.tissue import tissue_mask

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from xt_core.models.context.recompute import records_grad
 from xt_core.models.registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
@@ -48,15 +49,11 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _recording(tokens: torch.Tensor, module: nn.Module) -> bool:
-    return torch.is_grad_enabled() and (tokens.requires_grad or any(p.requires_grad for p in module.parameters()))
-
-
 def _in_pieces(fn, tokens: torch.Tensor, module: nn.Module, chunk: int):
     """``fn`` on each chunk of ``chunk`` tokens; under autograd each chunk is checkpointed
     (its activations recomputed in backward), so training keeps one chunk's, not the slide's."""
     pieces = tokens.split(chunk, dim=1) if tokens.shape[1] else (tokens,)
-    if len(pieces) > 1 and _recording(tokens, module):
+    if len(pieces) > 1 and records_grad(tokens, module=module):
         return [checkpoint(fn, piece, use_reentrant=False) for piece in pieces]
     return [fn(piece) for piece in pieces]
 

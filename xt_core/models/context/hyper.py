@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from xt_core.models.context.attention import SelfAttention, build_attention_stack, chunked_attention, run_blocks
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
-from xt_core.models.context.recompute import checkpointed
+from xt_core.models.context.recompute import checkpointed, records_grad
 from xt_core.models.context.rope import DEFAULT_ROPE_BASE
 
 #: Queries processed at once by the approximate path (a multiple of the block size is used):
@@ -112,7 +112,7 @@ def exact_attention_lse(
         out, lse = _softmax_parts(scores.to(compute), v.to(compute))
         return out.to(v.dtype), lse
 
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    recompute = records_grad(q, k, v)
     outputs, lses = [], []
     for start in range(0, q.shape[-2], query_chunk):
         parts = (start, q[..., start : start + query_chunk, :], k, v)
@@ -194,7 +194,7 @@ def hyper_attention_lse(
 
     # Under autograd each chunk is recomputed in backward rather than kept: its scores are
     # (block + sample) per query, far more than the queries, keys and values themselves.
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    recompute = records_grad(q, k, v)
     for first in range(0, blocks, step):
         count = min(step, blocks - first)
         rows = slice(first * block_size, (first + count) * block_size)

@@ -22,14 +22,20 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def recomputing(module: nn.Module, *tensors: Any) -> bool:
-    """Whether ``module`` should recompute now: it is asked to, and autograd is recording
-    for its parameters or for one of ``tensors``."""
-    if not getattr(module, "recompute", False) or not torch.is_grad_enabled():
+def records_grad(*tensors: Any, module: nn.Module | None = None) -> bool:
+    """Whether autograd is recording for one of ``tensors`` or for ``module``'s parameters:
+    the one test of "will a backward come through here" for every piece that keeps less for it."""
+    if not torch.is_grad_enabled():
         return False
     if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
         return True
-    return any(p.requires_grad for p in module.parameters())
+    return module is not None and any(p.requires_grad for p in module.parameters())
+
+
+def recomputing(module: nn.Module, *tensors: Any) -> bool:
+    """Whether ``module`` should recompute now: it is asked to, and autograd is recording
+    for its parameters or for one of ``tensors``."""
+    return bool(getattr(module, "recompute", False)) and records_grad(*tensors, module=module)
 
 
 def checkpointed(fn: Callable[..., Any], *args: Any) -> Any:

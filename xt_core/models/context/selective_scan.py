@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from xt_core.models.context.recompute import records_grad
+
 ScanResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 DEFAULT_CHUNK_SIZE = 64
@@ -459,7 +461,7 @@ def selective_scan_chunked(
     x, step, B_t, C_t = (_pad_time(t, pad) for t in (step * u_t, step, B_t, C_t))
     plan = _chunk_plan(step.detach(), A.detach(), chunk_size, group)
     tensors = (x, step, A, B_t, C_t, state.transpose(1, 2).contiguous())
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if records_grad(*tensors):
         y, last = _ChunkedScan.apply(*tensors, plan, group)
     else:
         y, last, _ = _scan_groups(*tensors, plan, group)
