@@ -74,11 +74,10 @@ def export_heatmap(shown: ShownResult, path: str | os.PathLike) -> Path:
 
 def export_geojson(shown: ShownResult, path: str | os.PathLike) -> Path:
     """The displayed classes as QuPath annotations (level-0 pixels, token edges, cut at the slide)."""
-    from xt_core.outputs.geojson import write_geojson
+    from xt_core.outputs.geojson import labels_as_heatmap, write_geojson
 
     r = _segmentation(shown)
-    labels = shown.token_labels()
-    onehot = np.stack([labels == i + 1 for i in range(len(r.classes))], axis=-1).astype(np.float32)
+    onehot = labels_as_heatmap(shown.token_labels(), len(r.classes))
     return write_geojson(path, onehot, r.classes, r.token_size, origin=r.origin,
                          bounds=r.grid.slide_dimensions, threshold=0.5)
 

@@ -12,14 +12,12 @@ reports only that the plugin "is not a valid writer".
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from xt_core.errors import XTError
-from xt_core.outputs.atomic import atomic_path
-from xt_core.outputs.geojson import heatmap_features
+from xt_core.outputs.geojson import labels_as_heatmap, write_geojson
 
 
 class NotAnXTLayerError(XTError):
@@ -49,11 +47,7 @@ def write_xt_geojson(path: str, data: Any, meta: dict) -> list[str]:
     pixel = scale / s  # level-0 pixels per layer pixel (row, col)
     # napari puts a layer pixel's centre (p - 1) / 2 level-0 pixels past the block's first pixel
     first = (translate - t) / s - (pixel - 1) / 2
-    labels = np.asarray(data)
-    onehot = np.stack([(labels == i + 1) for i in range(len(classes))], axis=-1).astype(np.float32)
     bounds = tuple(record["slide_dimensions"]) if record.get("slide_dimensions") else None
-    collection = heatmap_features(onehot, classes, (pixel[1], pixel[0]), origin=(first[1], first[0]), bounds=bounds,
-                                  threshold=0.5)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection, separators=(",", ":")) + "\n", encoding="utf-8")
+    write_geojson(path, labels_as_heatmap(data, len(classes)), classes, (pixel[1], pixel[0]),
+                  origin=(first[1], first[0]), bounds=bounds, threshold=0.5)
     return [path]

@@ -133,6 +133,13 @@ def heatmap_features(
     return {"type": "FeatureCollection", "features": features}
 
 
+def labels_as_heatmap(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class labels ``(rows, cols)`` (0: none, ``k + 1``: class k, as napari's labels layers hold
+    them) as the one-hot ``(rows, cols, n_classes)`` heatmap :func:`heatmap_features` traces at 0.5."""
+    labels = np.asarray(labels)
+    return np.stack([labels == k + 1 for k in range(n_classes)], axis=-1).astype(np.float32)
+
+
 def write_geojson(
     path: str | os.PathLike,
     heatmap: np.ndarray,
