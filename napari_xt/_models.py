@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xt_core.errors import ModelFileError, NoDefaultModelError
+from xt_core.errors import NoDefaultModelError
 
 if TYPE_CHECKING:
     from xt_core.models.xt import XTModel
@@ -70,17 +70,10 @@ def describe_model(key: str) -> ModelInfo:
 
     Raises :class:`ModelFileError` naming the folder when it is not a checkpoint.
     """
-    from xt_core.models.config import read_config_file
+    from xt_core.models.config import checkpoint_files, read_config_file
 
-    folder = _default_folder() if key == DEFAULT_KEY else Path(key)
-    if folder.is_file():
-        folder = folder.parent
-    config_path = folder / "config.json"
-    if not folder.is_dir():
-        raise ModelFileError(folder, "no such folder")
-    for needed in ("config.json", "model.safetensors"):
-        if not (folder / needed).is_file():
-            raise ModelFileError(folder, f"not a model folder: it lacks {needed}")
+    weights, config_path = checkpoint_files(_default_folder() if key == DEFAULT_KEY else Path(key))
+    folder = weights.parent
     config, record = read_config_file(config_path)
     return ModelInfo(
         key=key, folder=folder, name=config.name, classes=tuple(config.classes), target_mpp=config.target_mpp,

@@ -16,14 +16,11 @@ import torch
 
 from xt_core import __version__
 from xt_core.errors import ModelFileError
-from xt_core.models.config import read_config_file
-from xt_core.models.weights import PICKLE_SUFFIXES
+from xt_core.models.config import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files, read_config_file
 from xt_core.models.xt import XTModel, create_model
 from xt_core.outputs.atomic import atomic_path
 from xt_core._hashing import sha256_file as _sha256
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def save_model(
@@ -61,7 +58,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> X
     The model comes back in eval mode with ``weights_sha256`` and ``checkpoint_path`` set.
     Raises :class:`ModelFileError` naming the file for anything that is not a valid checkpoint.
     """
-    weights, config_path = _checkpoint_files(Path(path))
+    weights, config_path = checkpoint_files(Path(path))
     config, record = read_config_file(config_path)
     state = _read_weights(weights)
     try:
@@ -87,34 +84,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> X
     model.checkpoint_path = str(weights.parent)  # type: ignore[attr-defined]
     model.checkpoint_record = record  # type: ignore[attr-defined]
     return model.to(device).eval()
-
-
-def _checkpoint_files(path: Path) -> tuple[Path, Path]:
-    if not path.exists():
-        raise ModelFileError(path, "no such file or folder")
-    if path.is_file():
-        refuse_pickle(path)
-        folder = path.parent
-        if path.name not in (WEIGHTS_NAME, CONFIG_NAME) and path.suffix not in (".safetensors", ".json"):
-            raise ModelFileError(path, f"not a napari-xt checkpoint (expected a folder with {WEIGHTS_NAME} and {CONFIG_NAME})")
-    else:
-        folder = path
-    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
-    for needed in (weights, config):
-        if not needed.is_file():
-            raise ModelFileError(folder, f"checkpoint folder lacks {needed.name}")
-    refuse_pickle(weights)
-    return weights, config
-
-
-def refuse_pickle(path: Path) -> None:
-    """Raise :class:`ModelFileError` if ``path`` is (or is named like) a pickle or torch.save file."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelFileError(path, "is a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config, never pickles")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
-        raise ModelFileError(path, "looks like a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -6,7 +6,16 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from xt_core.errors import ModelFileError
+
+#: A checkpoint is a folder of these two files: safetensors weights and a JSON config.
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+#: File endings of pickles and ``torch.save`` files: refused unread (unpickling runs code).
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 
 CONFIG_FORMAT = 1
 
@@ -78,10 +87,6 @@ class XTConfig:
 def read_config_file(path: "os.PathLike | str") -> tuple[XTConfig, dict[str, Any]]:
     """A checkpoint's ``config.json``: the :class:`XTConfig` and the whole record (training notes,
     intended use...). Needs no torch, so a model's card can be shown before the model loads."""
-    from pathlib import Path
-
-    from xt_core.errors import ModelFileError
-
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -91,3 +96,37 @@ def read_config_file(path: "os.PathLike | str") -> tuple[XTConfig, dict[str, Any
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(path, f"not a napari-xt model config: {exc}") from exc
     return config, record
+
+
+def checkpoint_files(path: Path) -> tuple[Path, Path]:
+    """``(weights, config)`` of a checkpoint folder, or of the folder of one of its two files.
+
+    Raises :class:`ModelFileError` for anything else, and for pickles (by name or by their
+    first bytes) before anything reads them: the one check of a checkpoint's files, for the
+    loader and for the napari model card alike (no torch needed).
+    """
+    if not path.exists():
+        raise ModelFileError(path, "no such file or folder")
+    if path.is_file():
+        refuse_pickle(path)
+        folder = path.parent
+        if path.name not in (WEIGHTS_NAME, CONFIG_NAME) and path.suffix not in (".safetensors", ".json"):
+            raise ModelFileError(path, f"not a napari-xt checkpoint (expected a folder with {WEIGHTS_NAME} and {CONFIG_NAME})")
+    else:
+        folder = path
+    weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for needed in (weights, config):
+        if not needed.is_file():
+            raise ModelFileError(folder, f"checkpoint folder lacks {needed.name}")
+    refuse_pickle(weights)
+    return weights, config
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise :class:`ModelFileError` if ``path`` is (or is named like) a pickle or torch.save file."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelFileError(path, "is a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config, never pickles")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
+        raise ModelFileError(path, "looks like a pickle/PyTorch file; napari-xt loads only safetensors weights with a JSON config")

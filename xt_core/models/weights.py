@@ -41,6 +41,7 @@ from xt_core._compat import ensure_torchvision
 from xt_core._hashing import sha256_file
 from xt_core._text import one_line
 from xt_core.errors import ModelFileError
+from xt_core.models.config import PICKLE_SUFFIXES
 
 ensure_torchvision()  # before timm: see xt_core/_compat.py
 import timm  # noqa: E402
@@ -71,8 +72,6 @@ PACKAGE = "package"
 #: The spec for no weights (a config cannot write ``None`` in every format).
 NO_WEIGHTS = "none"
 
-#: File endings of pickles and ``torch.save`` files: refused unread (unpickling runs code).
-PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 
 
 # --------------------------------------------------------------------------------------
