@@ -117,14 +117,13 @@ def _run(request: RunRequest, models: "ModelCache", emit: Emit, stop: threading.
         tissue = tissue_mask(slide)
         check()
         emit("tissue", tissue)
-        side = model.tokens_per_side * (model.config.seg_upsample if model.segmenter is not None else 1)
         threshold = s.region_threshold(model.config.tissue_threshold)
 
         def select(grid: "RegionGrid") -> np.ndarray:
             check()
             chosen = np.ones(grid.n_regions, bool) if request.polygons is None else regions_in_shapes(grid, request.polygons)
-            n = int(np.count_nonzero(chosen & (grid.tissue_fractions >= threshold)))
-            emit("grid", GridInfo(grid, side, n))
+            n = int(np.count_nonzero(chosen[grid.tissue_indices(threshold)]))  # what predict_slide will encode
+            emit("grid", GridInfo(grid, model.heatmap_side, n))
             emit("stage", f"reading {n} regions...")
             return chosen
 

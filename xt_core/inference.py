@@ -175,9 +175,8 @@ def predict_slide(
     runtime.release_memory()  # the heap kept for the batches goes back to the system
     timings["total"] = time.perf_counter() - t_start
 
-    u = cfg.seg_upsample if heatmap is not None else 1
-    per_token = model.tokens_per_side * u
-    token_size = (grid.region_size_level0[0] / per_token, grid.region_size_level0[1] / per_token)
+    side = model.heatmap_side
+    token_size = (grid.region_size_level0[0] / side, grid.region_size_level0[1] / side)
     return SlideResult(
         slide=str(slide.path), classes=list(cfg.classes), probabilities=probabilities, heatmap=heatmap,
         origin=(0.0, 0.0), token_size=token_size, mpp=slide.mpp, target_mpp=target_mpp, grid=grid,

@@ -62,6 +62,12 @@ class XTModel(nn.Module):
         return self.token_pool.output_side(self.config.region_size // self.region_encoder.stride)
 
     @property
+    def heatmap_side(self) -> int:
+        """Heatmap pixels along one side of a region: its tokens per side, times the segmentation
+        head's upsampling (1 without a head: then the heatmap is the classification's token grid)."""
+        return self.tokens_per_side * (self.config.seg_upsample if self.segmenter is not None else 1)
+
+    @property
     def tokens_per_region(self) -> int:
         return self.tokens_per_side**2
 
