@@ -30,8 +30,8 @@ from xt_core.models.context.rope import (
     DEFAULT_ROPE_BASE,
     RotaryTables,
     apply_rotary,
-    check_coords,
     check_positions,
+    encoder_rope,
     rotary_tables,
 )
 
@@ -182,19 +182,10 @@ def build_attention_stack(
     encoder.norm = RMSNorm(dim)
 
 
-def encoder_rope(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor]) -> Optional[RotaryTables]:
-    """The rotary tables of ``tokens`` when ``encoder`` uses ``positions: rope2d``, else None
-    (built once per forward and shared by every layer)."""
-    if getattr(encoder, "positions", "absolute") != "rope2d":
-        return None
-    coords = check_coords(coords, tokens.shape[1], tokens.device)
-    return rotary_tables(coords, encoder.dim // encoder.heads, encoder.rope_base, tokens.dtype)
-
-
 def run_blocks(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``encoder.norm`` after ``encoder.blocks`` in order, each checkpointed when recomputing."""
     recompute = recomputing(encoder, tokens)
-    rope = encoder_rope(encoder, tokens, coords)
+    rope = encoder_rope(encoder, coords, tokens.shape[1], tokens.device, tokens.dtype)
     x = tokens
     for block in encoder.blocks:
         x = checkpointed(block, x, rope) if recompute else block(x, rope)

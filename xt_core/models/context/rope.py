@@ -86,6 +86,16 @@ def rotary_tables(
     return RotaryTables(angles.cos().to(dtype), angles.sin().to(dtype))
 
 
+def encoder_rope(encoder: torch.nn.Module, coords: Optional[torch.Tensor], length: int, device: torch.device,
+                 dtype: torch.dtype) -> Optional[RotaryTables]:
+    """The rotary tables of ``length`` tokens at ``coords`` when ``encoder`` uses ``positions:
+    rope2d`` (head width ``dim // heads``, its ``rope_base``), else None: built once per forward
+    (or segment) and shared by every layer, for every attention-based encoder."""
+    if getattr(encoder, "positions", "absolute") != "rope2d":
+        return None
+    return rotary_tables(check_coords(coords, length, device), encoder.dim // encoder.heads, encoder.rope_base, dtype)
+
+
 def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
     """Rotate ``x (..., L, head_dim)``: channel ``k`` pairs with ``k + head_dim / 2`` and the
     pair turns by the token's angle ``k``. Computed in ``x``'s dtype (float32 at least)."""

@@ -41,8 +41,8 @@ from xt_core.models.context.rope import (
     DEFAULT_ROPE_BASE,
     RotaryTables,
     apply_rotary,
-    check_coords,
     check_positions,
+    encoder_rope,
     rotary_tables,
 )
 
@@ -274,9 +274,7 @@ class TransformerXLContext(ContextEncoder):
 
     def rope(self, coords: Optional[torch.Tensor], length: int, device, dtype) -> Optional[RotaryTables]:
         """Rotary tables of ``length`` tokens at ``coords`` (None unless ``positions`` is ``rope2d``)."""
-        if self.positions != "rope2d":
-            return None
-        return rotary_tables(check_coords(coords, length, device), self.dim // self.heads, self.rope_base, dtype)
+        return encoder_rope(self, coords, length, device, dtype)
 
     def forward_segment(
         self, segment: torch.Tensor, memory: Memory | None = None, coords: Optional[torch.Tensor] = None
