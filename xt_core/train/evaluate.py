@@ -27,7 +27,7 @@ from xt_core.train.annotations import IGNORE_INDEX
 from xt_core.train.data import PreparedSlide, numbered, prepare_slides
 from xt_core.train.manifest import Manifest, read_manifest
 from xt_core.train.metrics import balanced_accuracy, classification_metrics, confusion_matrix, macro_f1
-from xt_core.train.streaming import LossWeights, forward_regions, slide_loss
+from xt_core.train.streaming import LossWeights, forward_features, forward_regions, slide_loss
 
 __all__ = ["evaluate", "evaluate_prepared"]
 
@@ -79,24 +79,32 @@ def evaluate(
     prepared = prepare_slides(numbered(manifest.rows, rows), model.config, model.tokens_per_side,
                               tissue_threshold=tissue_threshold, class_map=annotation_class_map)
 
-    def forward(p: PreparedSlide) -> dict:
-        with p.open() as slide:
-            source = p.source(slide, workers=workers, pin_memory=dev.type == "cuda")
-            return forward_regions(model, source, batch_size=batch_size, device=dev, amp=amp_factory)
-
+    cache = None
     if feature_cache is not None:
         from xt_core.train.features import FeatureCache
-        from xt_core.train.streaming import forward_features
 
         cache = FeatureCache(feature_cache, model, batch_size=batch_size, workers=workers, device=dev, amp=amp_factory)
-
-        def forward(p: PreparedSlide) -> dict:  # noqa: F811 (the cached variant)
-            rows_, cols_ = p.rows_cols
-            return forward_features(model, cache.get(p, 0), rows_, cols_, device=dev, amp=amp_factory)
-
+    forward = slide_forward(model, batch_size=batch_size, workers=workers, device=dev, amp=amp_factory, cache=cache)
     result = evaluate_prepared(model, prepared, forward, weights=weights, progress=progress)
     result["split"] = ",".join(splits) if splits else None
     return result
+
+
+def slide_forward(model: XTModel, *, batch_size: int, workers: int, device: torch.device, amp,
+                  cache=None) -> Forward:
+    """``forward(slide)`` for :func:`evaluate_prepared` (evaluation and training's validation):
+    the head outputs from the region features ``cache`` (a :class:`~xt_core.train.features.FeatureCache`)
+    holds where one is given, else from the slide's regions through the region encoder."""
+    if cache is not None:
+        def forward(p: PreparedSlide) -> dict:
+            rows, cols = p.rows_cols
+            return forward_features(model, cache.get(p, 0), rows, cols, device=device, amp=amp)
+    else:
+        def forward(p: PreparedSlide) -> dict:
+            with p.open() as slide:
+                source = p.source(slide, workers=workers, pin_memory=device.type == "cuda")
+                return forward_regions(model, source, batch_size=batch_size, device=device, amp=amp)
+    return forward
 
 
 def evaluate_prepared(

@@ -113,15 +113,13 @@ from xt_core.train.checkpoints import (
 )
 from xt_core.train.config import ConfigError, TrainConfig, load_train_config
 from xt_core.train.data import PreparedSlide, numbered, prepare_slides
-from xt_core.train.evaluate import evaluate_prepared
+from xt_core.train.evaluate import evaluate_prepared, slide_forward
 from xt_core.train.manifest import read_manifest
 from xt_core.train.metrics import classification_metrics
 from xt_core.train.streaming import (
     LossWeights,
     StepResult,
     autocast_factory,
-    forward_features,
-    forward_regions,
     set_train_mode,
     train_step,
 )
@@ -503,16 +501,7 @@ def _optimizer_step(model, optimizer, scheduler, scaler, grad_clip) -> None:
 
 
 def _validate(model, val: list[PreparedSlide], cfg: TrainConfig, device, amp, weights, cache) -> dict:
-    if cache is not None:
-        def forward(p: PreparedSlide) -> dict:
-            rows, cols = p.rows_cols
-            return forward_features(model, cache.get(p, 0), rows, cols, device=device, amp=amp)
-    else:
-        def forward(p: PreparedSlide) -> dict:
-            with p.open() as slide:
-                source = p.source(slide, workers=cfg.workers, pin_memory=device.type == "cuda")
-                return forward_regions(model, source, batch_size=cfg.batch_size, device=device, amp=amp)
-
+    forward = slide_forward(model, batch_size=cfg.batch_size, workers=cfg.workers, device=device, amp=amp, cache=cache)
     eval_weights = LossWeights(weights.classification, weights.segmentation, 0.0)
     result = evaluate_prepared(model, val, forward, weights=eval_weights, progress=cfg.progress, desc="validate")
     record = {}
