@@ -197,8 +197,9 @@ def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int, r
             result[:, window], state = block(tokens[:, window], state, return_state=True)
         return result
     outputs = []
-    for start in range(0, length, segment_len):
-        segment = tokens[:, start : start + segment_len]
+    # One split, not a slice per segment (as in Transformer-XL): backward joins the segments'
+    # gradients once instead of zero-filling a sequence-sized tensor per segment.
+    for segment in tokens.split(segment_len, dim=1):
         if recompute:
             out, state = checkpointed(block, segment, state, True)
         else:
