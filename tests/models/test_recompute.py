@@ -32,27 +32,74 @@ def _encoder(name: str, recompute: bool):
     return create_context_encoder(name, dim=DIM, recompute=recompute, **ENCODERS[name]).double().train()
 
 
-def _gradients(name: str, recompute: bool, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    encoder = _encoder(name, recompute)
-    x = tokens.clone().requires_grad_()
+#: Variants that take other paths through the recomputation: causal XL with 2D RoPE (rotary
+#: memory keys), a memory shorter than the segment, Mamba reading by columns, one-way Mamba.
+VARIANTS = {
+    "transformer_xl-rope2d-causal": ("transformer_xl", dict(depth=3, heads=2, segment_len=8, mem_len=8, dropout=0.1,
+                                                           causal=True, positions="rope2d")),
+    "transformer_xl-short-memory": ("transformer_xl", dict(depth=2, heads=2, segment_len=8, mem_len=5, dropout=0.1)),
+    "mamba-alternate": ("mamba", dict(depth=4, d_state=4, segment_len=8, chunk_size=4, scan="alternate")),
+    "mamba-one-way": ("mamba", dict(depth=2, d_state=4, segment_len=5, chunk_size=4, bidirectional=False)),
+}
+
+
+def _coords(length: int, width: int = 6) -> torch.Tensor:
+    index = torch.arange(length)
+    return torch.stack([index // width, index % width], dim=1)
+
+
+def _gradients(
+    name: str, recompute: bool, tokens: torch.Tensor, kwargs: dict | None = None, coords: torch.Tensor | None = None,
+    tokens_grad: bool = True,
+) -> dict[str, torch.Tensor]:
+    if kwargs is None:
+        encoder = _encoder(name, recompute)
+    else:
+        torch.manual_seed(0)
+        encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **kwargs).double().train()
+    x = tokens.clone().requires_grad_(tokens_grad)
     torch.manual_seed(7)  # dropout / column samples
-    out = encoder(x)
+    out = encoder(x, coords)
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
     (out * weights).sum().backward()
     grads = {n: p.grad for n, p in encoder.named_parameters()}
-    grads["tokens"] = x.grad
+    if tokens_grad:
+        grads["tokens"] = x.grad
     return grads
+
+
+def _assert_equal_gradients(plain: dict, recomputed: dict) -> None:
+    assert plain.keys() == recomputed.keys()
+    for key in plain:
+        assert plain[key] is not None and recomputed[key] is not None, key
+        scale = plain[key].norm()
+        assert (recomputed[key] - plain[key]).norm() <= 1e-6 * scale, key
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
 def test_recomputed_gradient_equals_plain_backward(name: str) -> None:
     tokens = torch.randn(1, 37, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     plain, recomputed = _gradients(name, False, tokens), _gradients(name, True, tokens)
-    assert plain.keys() == recomputed.keys()
-    for key in plain:
-        assert plain[key] is not None and recomputed[key] is not None, key
-        scale = plain[key].norm()
-        assert (recomputed[key] - plain[key]).norm() <= 1e-6 * scale, key
+    _assert_equal_gradients(plain, recomputed)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_recomputed_gradient_equals_plain_backward_in_every_reading_order(variant: str) -> None:
+    name, kwargs = VARIANTS[variant]
+    tokens = torch.randn(1, 37, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    coords = _coords(37)
+    plain = _gradients(name, False, tokens, kwargs, coords)
+    recomputed = _gradients(name, True, tokens, kwargs, coords)
+    _assert_equal_gradients(plain, recomputed)
+
+
+@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+def test_recomputed_parameter_gradients_with_frozen_tokens(name: str) -> None:
+    """Tokens that need no gradient (frozen features): the parameters' gradients still match."""
+    tokens = torch.randn(2, 29, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    plain = _gradients(name, False, tokens, tokens_grad=False)
+    recomputed = _gradients(name, True, tokens, tokens_grad=False)
+    _assert_equal_gradients(plain, recomputed)
 
 
 def _saved_bytes(encoder: torch.nn.Module, length: int) -> int:
@@ -73,6 +120,14 @@ def _saved_bytes(encoder: torch.nn.Module, length: int) -> int:
 def test_recomputation_keeps_a_fraction_of_the_activations(name: str) -> None:
     plain, recomputed = (_saved_bytes(_encoder(name, flag), 256) for flag in (False, True))
     assert recomputed * 4 < plain, (recomputed, plain)
+
+
+@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+def test_one_node_encoders_keep_only_the_tokens(name: str) -> None:
+    """Transformer-XL and Mamba run as one autograd node: forward keeps the tokens, nothing per
+    segment or layer (their outputs, memories and states are rebuilt in backward)."""
+    tokens_bytes = 256 * DIM * 8
+    assert _saved_bytes(_encoder(name, True), 256) == tokens_bytes
 
 
 def test_no_recomputation_without_autograd() -> None:

@@ -9,7 +9,9 @@ runs on its fused kernel (see :mod:`selective_scan`); everywhere else it is PyTo
 Long slides are handled by streaming: each layer sees the sequence in segments of
 ``segment_len`` tokens and carries the mixer state (the last ``d_conv - 1`` conv inputs
 and the ``(d_inner, d_state)`` SSM state) from one segment to the next, which gives the
-same result as one pass while bounding the scan's working memory.
+same result as one pass while bounding the scan's working memory; a residual block's
+segment can then overwrite its own input, so the whole stack runs in one sequence-sized
+buffer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm
-from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.recompute import (
+    GradientSum,
+    Replay,
+    SequencePlan,
+    checkpointed,
+    piece_gradients,
+    recomputed_pass,
+    recomputing,
+)
 from xt_core.models.context.rope import check_coords, check_positions
 from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
 
@@ -178,34 +188,152 @@ class MambaBlock(nn.Module):
 def _stream_through(block: MambaBlock, tokens: torch.Tensor, segment_len: int, recompute: bool = False) -> torch.Tensor:
     """Run ``block`` over ``tokens`` in segments, carrying its state, as if in one pass.
 
-    Segments bound the working memory. With ``recompute`` (under autograd) each segment is
-    checkpointed: backward runs it again from its input and the carried state, segment by
-    segment in reverse, and back-propagates into the state carried from the segment before.
-    mamba-ssm's kernel cannot backpropagate through a carried state, so on that path the
-    sequence goes through whole (checkpointed as one piece).
+    Segments bound the scan's working memory. Used under plain autograd and on mamba-ssm's
+    fused kernel, which cannot back-propagate through a carried state: there the sequence goes
+    through whole, checkpointed as one piece with ``recompute``. (Recomputing training on the
+    PyTorch scan goes through :class:`_LayersInPlace` instead.)
     """
     length = tokens.shape[1]
     if length <= segment_len or fused_scan_available(tokens):
         return checkpointed(block, tokens) if recompute else block(tokens)
     state: Optional[MixerState] = None
-    if not torch.is_grad_enabled():
-        # Each segment's output straight into the result: no small long-lived tensors between
-        # one segment's transient blocks and the next's (heap fragmentation on glibc).
-        result = torch.empty_like(tokens)
-        for start in range(0, length, segment_len):
-            window = slice(start, start + segment_len)
-            result[:, window], state = block(tokens[:, window], state, return_state=True)
-        return result
     outputs = []
-    # One split, not a slice per segment (as in Transformer-XL): backward joins the segments'
-    # gradients once instead of zero-filling a sequence-sized tensor per segment.
     for segment in tokens.split(segment_len, dim=1):
-        if recompute:
-            out, state = checkpointed(block, segment, state, True)
-        else:
-            out, state = block(segment, state, return_state=True)
+        out, state = block(segment, state, return_state=True)
         outputs.append(out)
     return torch.cat(outputs, dim=1)
+
+
+class _Window(NamedTuple):
+    """One segment of a layer's reading order: positions ``start:stop`` of the sequence, read
+    back to front if ``flipped``, or the positions ``index`` (a permuted order)."""
+
+    start: int
+    stop: int
+    flipped: bool
+    index: Optional[torch.Tensor]
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        if self.index is not None:
+            return x.index_select(1, self.index)
+        part = x[:, self.start : self.stop]
+        return part.flip(1) if self.flipped else part
+
+    def write(self, x: torch.Tensor, values: torch.Tensor) -> None:
+        if self.index is not None:
+            x.index_copy_(1, self.index, values.to(x.dtype))
+        else:
+            x[:, self.start : self.stop] = values.flip(1) if self.flipped else values
+
+
+def _windows(length: int, segment_len: int, backwards: bool, order: Optional[torch.Tensor]) -> list[_Window]:
+    """A layer's segments in the order it reads them: raster (``order`` None) or ``order``,
+    front to back or (``backwards``) back to front."""
+    windows = []
+    for start in range(0, length, segment_len):
+        stop = min(start + segment_len, length)
+        if order is not None:
+            reading = order.flip(0) if backwards else order
+            windows.append(_Window(start, stop, False, reading[start:stop]))
+        elif backwards:
+            windows.append(_Window(length - stop, length - start, True, None))
+        else:
+            windows.append(_Window(start, stop, False, None))
+    return windows
+
+
+class _LayersInPlace(SequencePlan):
+    """The Mamba stack as one autograd node, in one sequence-sized buffer.
+
+    A residual Mamba block maps each segment to ``x + mixer(norm(x))`` given the state carried
+    from the segment read before it, so a layer can overwrite its input segment by segment:
+    forward runs every layer in place on one copy of the tokens (the final norm too) and keeps
+    only the tokens and each segment's incoming state (~15 KB per segment and layer). Backward
+    needs each layer's input, which it rebuilds from the tokens (layers ``0..l-1`` again, in the
+    same buffer: ``depth (depth + 1) / 2`` more layer passes without autograd), then runs layer
+    ``l`` segment by segment in reverse reading order with autograd, back-propagating into the
+    state carried from the segment before, and overwrites one gradient buffer in place. So a step
+    holds the tokens, the output, its gradient, the tokens' gradient and the one layer buffer,
+    whatever the depth and length. (Mamba draws no random numbers, so nothing is replayed.)
+    """
+
+    def __init__(self, encoder: "MambaContextEncoder", by_columns: Optional[torch.Tensor]) -> None:
+        self.encoder = encoder
+        self.by_columns = by_columns
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+
+    def _layer_windows(self, index: int, length: int) -> list[_Window]:
+        enc = self.encoder
+        order = self.by_columns if self.by_columns is not None and enc._reads_by_columns(index) else None
+        return _windows(length, enc.segment_len, enc._reads_backwards(index), order)
+
+    def _layer_in_place(self, index: int, x: torch.Tensor) -> list[Optional[MixerState]]:
+        """Layer ``index`` over ``x`` in place; returns the state each segment started from."""
+        block = self.encoder.layers[index]
+        state: Optional[MixerState] = None
+        seen: list[Optional[MixerState]] = []
+        for window in self._layer_windows(index, x.shape[1]):
+            # Copies: the conv tail is a view of the segment's padded conv input, which a kept
+            # view would keep whole (1.5 MiB a segment at the default width and length).
+            seen.append(None if state is None else MixerState(*(t.clone() for t in state)))
+            out, state = block(window.read(x), state, return_state=True)
+            window.write(x, out)
+        return seen
+
+    def _norm_in_place(self, x: torch.Tensor) -> None:
+        for start in range(0, x.shape[1], self.encoder.segment_len):
+            window = x[:, start : start + self.encoder.segment_len]
+            window.copy_(self.encoder.norm_f(window))
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.clone(memory_format=torch.contiguous_format)
+        for index in range(len(self.encoder.layers)):
+            self._layer_in_place(index, x)
+        self._norm_in_place(x)
+        return x
+
+    def backward(
+        self, tokens: torch.Tensor, grad_out: torch.Tensor, replay: Replay, grads: GradientSum
+    ) -> Optional[torch.Tensor]:
+        enc, depth, step = self.encoder, len(self.encoder.layers), self.encoder.segment_len
+        x = torch.empty_like(tokens, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(x)
+
+        def layer_input(index: int) -> list[Optional[MixerState]]:
+            """``x`` := layer ``index``'s input; returns the segment states of layer ``index - 1``
+            (the last one run), which that layer's backward needs next."""
+            seen: list[Optional[MixerState]] = []
+            with torch.no_grad():
+                x.copy_(tokens)
+                for k in range(index):
+                    seen = self._layer_in_place(k, x)
+            return seen
+
+        pending = layer_input(depth)
+        with replay.replaying():
+            for start in range(0, x.shape[1], step):
+                piece = x[:, start : start + step].detach().requires_grad_()
+                found = piece_gradients([enc.norm_f(piece)], [grad_out[:, start : start + step]], [piece, *self.params])
+                grad[:, start : start + step] = found[0]
+                grads.add(found[1:])
+        for index in reversed(range(depth)):
+            states, pending = pending, layer_input(index)
+            block, carried = enc.layers[index], None
+            windows = self._layer_windows(index, x.shape[1])
+            with replay.replaying():
+                for window, state in reversed(list(zip(windows, states))):
+                    piece = window.read(x).detach().requires_grad_()
+                    held = None if state is None else MixerState(*(t.detach().requires_grad_() for t in state))
+                    out, new_state = block(piece, held, return_state=True)
+                    outputs, out_grads = [out], [window.read(grad)]
+                    if carried is not None:
+                        outputs += list(new_state)
+                        out_grads += list(carried)
+                    found = piece_gradients(outputs, out_grads, [piece, *(held or (None, None)), *self.params])
+                    window.write(grad, found[0])
+                    carried = None if held is None else (found[1], found[2])
+                    grads.add(found[3:])
+        return grad if tokens.requires_grad else None
 
 
 @CONTEXT_ENCODERS.register("mamba")
@@ -215,8 +343,10 @@ class MambaContextEncoder(ContextEncoder):
     With ``bidirectional`` (xT's choice) every other layer (the 2nd, 4th, ...) reads the
     sequence back to front, so each token eventually sees the whole slide; without it the
     encoder is causal in raster order. ``segment_len`` bounds the working memory and does
-    not change the result; with ``recompute`` (under autograd) each (layer, segment) is
-    checkpointed, so training keeps one segment's activations plus each layer's output.
+    not change the result. On the PyTorch scan every layer runs in place in one buffer
+    (:class:`_LayersInPlace`), at inference and, with ``recompute`` under autograd, in training,
+    which then keeps the tokens, the output, the two gradients and that buffer, plus one
+    segment's activations; on mamba-ssm's kernel each layer is checkpointed whole.
 
     ``positions``: ``absolute`` or ``normed`` (how the model adds the 2D sin-cos; a scan has
     no attention to rotate, so ``rope2d`` is refused). ``scan``: ``raster`` (every layer reads
@@ -275,6 +405,11 @@ class MambaContextEncoder(ContextEncoder):
         by_columns = None
         if self.scan == "alternate" and coords is not None and len(self.layers) > 2 and tokens.shape[1]:
             by_columns = column_major_order(check_coords(coords, tokens.shape[1], tokens.device))
+        if tokens.shape[1] and not fused_scan_available(tokens):
+            if recompute:
+                return recomputed_pass(_LayersInPlace(self, by_columns), tokens)
+            if not torch.is_grad_enabled():  # inference: every layer in place in one buffer
+                return _LayersInPlace(self, by_columns).run(tokens)
         x = tokens
         for index, layer in enumerate(self.layers):
             backwards = self._reads_backwards(index)

@@ -1,24 +1,33 @@
 """Training memory that does not grow with a segment's activations: recomputation.
 
 A context encoder's autograd graph over a whole slide keeps every layer's activations for
-every token (about 100 KiB a token for a small Transformer-XL). With recomputation each
-segment (Transformer-XL), each (layer, segment) pair (Mamba) or each layer (global
-attention) runs under :func:`torch.utils.checkpoint.checkpoint`: forward keeps only the
-piece's inputs (the segment, the carried memory or state), and backward runs the piece
-again with autograd, one at a time, in reverse order, back-propagating into the carried
-state of the piece before. The gradient is that of a plain backward pass (the same
-operations, dropout and sampling replayed from the saved RNG state); the price is one more
-forward pass of the context encoder, small next to the region encoder's.
+every token (about 100 KiB a token for a small Transformer-XL). Every encoder takes
+``recompute`` (default True), which acts only when autograd is recording, in one of two ways:
 
-Every encoder takes ``recompute`` (default True); it acts only when autograd is recording.
+- One autograd node for the whole encoder (:func:`recomputed_pass`: Transformer-XL, and Mamba
+  on the PyTorch scan). Forward runs without autograd straight into one output tensor and keeps
+  only the tokens; backward runs the segments again with autograd, one at a time, and writes
+  each one's token gradient into one gradient tensor (Transformer-XL in forward order, its memory
+  rebuilt on the way; Mamba layer by layer, segments in reverse reading order, back-propagating
+  into the state carried from the segment before). A step keeps a few sequence-sized tensors
+  made once, plus one segment's working memory.
+- :func:`torch.utils.checkpoint.checkpoint` per piece (global attention per layer, HyperAttention
+  also per chunk of queries, the heads per chunk of tokens, Mamba on mamba-ssm's kernel per
+  layer): forward keeps each piece's inputs and output, backward runs the piece again.
+
+Either way the gradient is that of a plain backward pass (the same operations, dropout and
+sampling replayed from the saved RNG state); the price is more forward work in the context
+encoder, small next to the region encoder's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -41,3 +50,129 @@ def recomputing(module: nn.Module, *tensors: Any) -> bool:
 def checkpointed(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` keeping only its inputs for backward, which runs it again (RNG replayed)."""
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True)
+
+
+# ----------------------------------------------------------------------------- whole-pass recomputation
+# Checkpointing piece by piece bounds the activations, but autograd still keeps what joins the
+# pieces: every piece's output until the join, every piece's input gradient until the split
+# gathers them, the memories and states handed between pieces. Those are small tensors made
+# one per piece and alive for the whole step; between them go each piece's transient blocks,
+# and on glibc that interleaving grows the heap with the sequence (measured: ~6 KiB a token of
+# resident memory for a Transformer-XL step whose live tensors were ~2 KiB a token). A
+# ``SequencePlan`` instead runs the whole encoder as one autograd node: forward without
+# autograd, straight into one output tensor; backward recomputes the pieces with autograd, one
+# at a time, and writes each piece's input gradient into one gradient tensor. What a step keeps
+# is then a few sequence-sized tensors made once, plus one piece's working memory.
+
+
+class Replay:
+    """What a forward pass ran under, so that backward runs its pieces again the same way:
+    the RNG states (CPU, and the tokens' accelerator) and autocast."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+        self.autocast_kind = kind
+        self.autocast = torch.is_autocast_enabled(kind)
+        self.autocast_dtype = torch.get_autocast_dtype(kind)
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Autograd on, autocast as in forward, the RNG as it was when captured (and the
+        caller's RNG state restored afterwards, so replaying draws nothing from it)."""
+        devices = [self.device] if self.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu_rng)
+            if self.cuda_rng is not None:
+                torch.cuda.set_rng_state(self.cuda_rng, self.device)
+            with torch.enable_grad(), torch.autocast(
+                self.autocast_kind, dtype=self.autocast_dtype, enabled=self.autocast
+            ):
+                yield
+
+
+def piece_gradients(
+    outputs: Sequence[torch.Tensor], grads: Sequence[Optional[torch.Tensor]], inputs: Sequence[Optional[torch.Tensor]]
+) -> list[Optional[torch.Tensor]]:
+    """Gradients of ``inputs`` (None where an input is None, does not require grad or is not
+    reached) from ``outputs`` whose gradients are ``grads`` (outputs with a None gradient or
+    no graph are left out): one recomputed piece's vector-Jacobian product."""
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    result: list[Optional[torch.Tensor]] = [None] * len(inputs)
+    if not pairs or not wanted:
+        return result
+    found = torch.autograd.grad(
+        [o for o, _ in pairs],
+        [inputs[i] for i in wanted],
+        [g.to(o.dtype) for o, g in pairs],
+        allow_unused=True,
+    )
+    for i, g in zip(wanted, found):
+        result[i] = g
+    return result
+
+
+class GradientSum:
+    """Parameter gradients summed over pieces (the first piece's tensors, added into in place)."""
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.params = list(params)
+        self.sums: list[Optional[torch.Tensor]] = [None] * len(self.params)
+
+    def add(self, grads: Sequence[Optional[torch.Tensor]]) -> None:
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            self.sums[i] = g if self.sums[i] is None else self.sums[i].add_(g)
+
+    def result(self) -> list[Optional[torch.Tensor]]:
+        """One gradient per parameter, in ``params`` order, in each parameter's dtype."""
+        return [None if s is None else s.to(p.dtype) for s, p in zip(self.sums, self.params)]
+
+
+class SequencePlan:
+    """How an encoder runs a whole sequence as one autograd node (see :func:`recomputed_pass`).
+
+    ``run(tokens)`` is the forward pass (called without autograd; returns a new tensor).
+    ``backward(tokens, grad_out, replay, grads)`` recomputes the pieces under ``replay`` and
+    returns the tokens' gradient, adding the parameters' into ``grads`` (a :class:`GradientSum`
+    over ``params``, the parameters the pieces use)."""
+
+    params: list[torch.Tensor]
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def backward(
+        self, tokens: torch.Tensor, grad_out: torch.Tensor, replay: Replay, grads: GradientSum
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _RecomputedPass(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan: SequencePlan, tokens: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.plan = plan
+        ctx.replay = Replay(tokens.device)
+        ctx.save_for_backward(tokens)
+        return plan.run(tokens)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (tokens,) = ctx.saved_tensors
+        plan: SequencePlan = ctx.plan
+        grads = GradientSum(plan.params)
+        grad_tokens = plan.backward(tokens, grad_out, ctx.replay, grads)
+        ctx.plan = None  # the plan holds closures over the module; free them with the node
+        return (None, grad_tokens if ctx.needs_input_grad[1] else None, *grads.result())
+
+
+def recomputed_pass(plan: SequencePlan, tokens: torch.Tensor) -> torch.Tensor:
+    """``plan.run(tokens)`` as one autograd node that keeps only ``tokens``: its backward
+    recomputes the plan's pieces one at a time and writes their gradients into one tensor.
+    Not twice differentiable."""
+    return _RecomputedPass.apply(plan, tokens, *plan.params)

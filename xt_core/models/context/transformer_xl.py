@@ -28,7 +28,7 @@ the 1D term (``r``, ``r_r_bias``) is not built.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,14 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
-from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.recompute import (
+    GradientSum,
+    Replay,
+    SequencePlan,
+    piece_gradients,
+    recomputed_pass,
+    recomputing,
+)
 from xt_core.models.context.rope import (
     DEFAULT_ROPE_BASE,
     RotaryTables,
@@ -312,31 +319,65 @@ class TransformerXLContext(ContextEncoder):
         """Whole sequence: segments of ``segment_len`` in order, memory carried, outputs joined."""
         if tokens.shape[1] == 0:
             return tokens
-        memory = self.init_memory(tokens.shape[0], tokens.device, tokens.dtype)
         rope = self.rope(coords, tokens.shape[1], tokens.device, tokens.dtype)
-
-        def keys_rope(start: int, stop: int) -> Optional[RotaryTables]:
-            """The tables of a segment's keys: its memory's tokens (the ones just before it) and its own."""
-            held = memory[0].shape[1] if memory else 0
-            return None if rope is None else rope.window(start - held, stop)
-
-        if torch.is_grad_enabled():  # autograd joins the segments' outputs at the end
-            step = checkpointed if recomputing(self, tokens) else (lambda fn, *args: fn(*args))
-            # One split, not a slice per segment: backward then joins the segments' gradients
-            # once, where each slice's backward would write a zero-filled copy of the whole sequence.
-            outputs, start = [], 0
-            for segment in tokens.split(self.segment_len, dim=1):
-                stop = start + segment.shape[1]
-                out, memory = step(self._segment, segment, memory, keys_rope(start, stop))
-                outputs.append(out)
-                start = stop
+        if recomputing(self, tokens):
+            return recomputed_pass(_RecomputedSegments(self, rope), tokens)
+        if torch.is_grad_enabled():  # a plain autograd graph over every segment
+            outputs = [out for *_, out in self._segments(tokens, rope)]
             return torch.cat(outputs, dim=1)
         # Without autograd each segment's output goes straight into the result, so no small
         # long-lived tensors sit between one segment's transient blocks and the next's
         # (on glibc that fragmentation grew the heap with every segment).
+        return self._into_result(tokens, rope)
+
+    def _segments(
+        self, tokens: torch.Tensor, rope: Optional[RotaryTables]
+    ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """``(start, stop, segment, output)`` of each segment in order, the memory carried between them."""
+        memory = self.init_memory(tokens.shape[0], tokens.device, tokens.dtype)
+        start = 0
+        # One split, not a slice per segment: under autograd, backward then joins the segments'
+        # gradients once, where each slice's backward would write a zero-filled copy of the sequence.
+        for segment in tokens.split(self.segment_len, dim=1):
+            stop = start + segment.shape[1]
+            held = memory[0].shape[1] if memory else 0  # the memory's tokens are the ones just before
+            keys = None if rope is None else rope.window(start - held, stop)
+            out, memory = self._segment(segment, memory, keys)
+            yield start, stop, segment, out
+            start = stop
+
+    def _into_result(self, tokens: torch.Tensor, rope: Optional[RotaryTables]) -> torch.Tensor:
         result = torch.empty_like(tokens)
-        for start in range(0, tokens.shape[1], self.segment_len):
-            stop = min(start + self.segment_len, tokens.shape[1])
-            out, memory = self._segment(tokens[:, start:stop], memory, keys_rope(start, stop))
+        for start, stop, _, out in self._segments(tokens, rope):
             result[:, start:stop] = out
         return result
+
+
+class _RecomputedSegments(SequencePlan):
+    """Transformer-XL as one autograd node: forward keeps nothing but the tokens; backward runs
+    the segments again with autograd, in forward order (its memory is detached, so no gradient
+    crosses a segment boundary and the memory is rebuilt on the way, RNG replayed from the
+    start), and writes each segment's token gradient into one tensor."""
+
+    def __init__(self, encoder: TransformerXLContext, rope: Optional[RotaryTables]) -> None:
+        self.encoder, self.rope = encoder, rope
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder._into_result(tokens, self.rope)
+
+    def backward(
+        self, tokens: torch.Tensor, grad_out: torch.Tensor, replay: Replay, grads: GradientSum
+    ) -> Optional[torch.Tensor]:
+        wants_tokens = tokens.requires_grad
+        grad_tokens = torch.empty_like(tokens) if wants_tokens else None
+        segments = tokens.detach().requires_grad_(wants_tokens)
+        with replay.replaying():
+            for start, stop, segment, out in self.encoder._segments(segments, self.rope):
+                # The gradient of this segment's split piece, not of the whole sequence (which
+                # would be a zero-filled sequence-sized tensor per segment).
+                found = piece_gradients([out], [grad_out[:, start:stop]], [segment, *self.params])
+                if grad_tokens is not None:
+                    grad_tokens[:, start:stop] = 0 if found[0] is None else found[0]
+                grads.add(found[1:])
+        return grad_tokens
