@@ -2,7 +2,7 @@
 
 The classification heads pool over chunks of ``POOL_CHUNK`` tokens and merge the chunks'
 states (an online softmax, as flash attention keeps it), in training and inference alike
-(under autograd each chunk is checkpointed, as is the segmentation head's, chunk by chunk):
+(under autograd the chunks are recomputed in backward, as are the segmentation head's):
 their working memory is one chunk's normalised tokens and gate activations, whatever the
 token count, next to the context tokens themselves (which the segmentation head needs in
 full anyway). Measured at 100,000 tokens of width 96 (37 MiB of tokens): under 20 MiB of
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from xt_core.models.context.recompute import records_grad
+from xt_core.models.context.recompute import chunked_pass, records_grad
 from xt_core.models.registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
@@ -50,11 +49,12 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def _in_pieces(fn, tokens: torch.Tensor, module: nn.Module, chunk: int):
-    """``fn`` on each chunk of ``chunk`` tokens; under autograd each chunk is checkpointed
-    (its activations recomputed in backward), so training keeps one chunk's, not the slide's."""
+    """``fn`` (returning a tuple of tensors) on each chunk of ``chunk`` tokens; under autograd the
+    chunks run as one node that recomputes them in backward (:func:`chunked_pass`), so training
+    keeps one chunk's activations, not the slide's, and one gradient tensor for the tokens."""
+    if tokens.shape[1] > chunk and records_grad(tokens, module=module):
+        return chunked_pass(fn, tokens, chunk, module)
     pieces = tokens.split(chunk, dim=1) if tokens.shape[1] else (tokens,)
-    if len(pieces) > 1 and records_grad(tokens, module=module):
-        return [checkpoint(fn, piece, use_reentrant=False) for piece in pieces]
     return [fn(piece) for piece in pieces]
 
 
@@ -158,8 +158,8 @@ class SegmentationHead(nn.Module):
         """Logits ``(B, L, u, u, C)`` for tokens ``(B, L, D)``, chunk by chunk under autograd."""
         b, l, _ = tokens.shape
         u = self.upsample
-        logits = _in_pieces(lambda piece: self.fc(self.norm(piece)), tokens, self, POOL_CHUNK)
-        return torch.cat(logits, dim=1).reshape(b, l, u, u, self.num_classes)
+        logits = _in_pieces(lambda piece: (self.fc(self.norm(piece)),), tokens, self, POOL_CHUNK)
+        return torch.cat([part[0] for part in logits], dim=1).reshape(b, l, u, u, self.num_classes)
 
 
 def create_classifier(pooling: str, dim: int, num_classes: int, **kwargs) -> nn.Module:

@@ -10,10 +10,11 @@ every token (about 100 KiB a token for a small Transformer-XL). Every encoder ta
   each one's token gradient into one gradient tensor (Transformer-XL in forward order, its memory
   rebuilt on the way; Mamba layer by layer, segments in reverse reading order, back-propagating
   into the state carried from the segment before). A step keeps a few sequence-sized tensors
-  made once, plus one segment's working memory.
+  made once, plus one segment's working memory. The heads do the same over chunks of tokens
+  (:func:`chunked_pass`).
 - :func:`torch.utils.checkpoint.checkpoint` per piece (global attention per layer, HyperAttention
-  also per chunk of queries, the heads per chunk of tokens, Mamba on mamba-ssm's kernel per
-  layer): forward keeps each piece's inputs and output, backward runs the piece again.
+  also per chunk of queries, Mamba on mamba-ssm's kernel per layer): forward keeps each piece's
+  inputs and output, backward runs the piece again.
 
 Either way the gradient is that of a plain backward pass (the same operations, dropout and
 sampling replayed from the saved RNG state); the price is more forward work in the context
@@ -176,3 +177,51 @@ def recomputed_pass(plan: SequencePlan, tokens: torch.Tensor) -> torch.Tensor:
     recomputes the plan's pieces one at a time and writes their gradients into one tensor.
     Not twice differentiable."""
     return _RecomputedPass.apply(plan, tokens, *plan.params)
+
+
+class _ChunkedPass(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn: Callable[..., Any], chunk: int, params: list, tokens: torch.Tensor, *flat_params):
+        ctx.set_materialize_grads(False)
+        ctx.fn, ctx.chunk, ctx.params = fn, chunk, params
+        ctx.replay = Replay(tokens.device)
+        ctx.save_for_backward(tokens)
+        outputs: list[torch.Tensor] = []
+        for piece in tokens.split(chunk, dim=1):
+            result = fn(piece)
+            outputs.extend(result if isinstance(result, (tuple, list)) else (result,))
+        return tuple(outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Optional[torch.Tensor]):
+        (tokens,) = ctx.saved_tensors
+        wants_tokens = ctx.needs_input_grad[3]
+        grad_tokens = torch.empty_like(tokens) if wants_tokens else None
+        sums = GradientSum(ctx.params)
+        per_piece = len(grads) // max(1, -(-tokens.shape[1] // ctx.chunk))
+        with ctx.replay.replaying():
+            for i, start in enumerate(range(0, tokens.shape[1], ctx.chunk)):
+                piece = tokens[:, start : start + ctx.chunk].detach().requires_grad_(wants_tokens)
+                result = ctx.fn(piece)
+                result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+                found = piece_gradients(result, grads[i * per_piece : (i + 1) * per_piece], [piece, *ctx.params])
+                if grad_tokens is not None:
+                    grad_tokens[:, start : start + ctx.chunk] = 0 if found[0] is None else found[0]
+                sums.add(found[1:])
+        ctx.fn = ctx.params = None
+        return (None, None, None, grad_tokens, *sums.result())
+
+
+def chunked_pass(fn: Callable[..., Any], tokens: torch.Tensor, chunk: int, module: nn.Module) -> list[tuple]:
+    """``fn`` (tokens-wise: no mixing across tokens) on each chunk of ``chunk`` tokens, as one
+    autograd node: forward keeps only ``tokens``; backward runs each chunk again (RNG replayed)
+    and writes its token gradient into one tensor. Returns each chunk's outputs as a tuple.
+
+    Checkpointing each chunk instead would give each chunk's gradient its own tensor, all kept until
+    the split joins them into one more (two sequence-sized gradients per head at once)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    flat = _ChunkedPass.apply(fn, chunk, params, tokens, *params)
+    pieces = -(-tokens.shape[1] // chunk)
+    per_piece = len(flat) // pieces
+    return [tuple(flat[i * per_piece : (i + 1) * per_piece]) for i in range(pieces)]
