@@ -365,3 +365,43 @@ def test_cli_scheduler_local_jobs_2(tmp_path: Path, model_dir: Path, slides_dir:
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {unreachable}: cannot reach the Dask scheduler")
     assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+class _GoneFuture:
+    """A future that finished just as its scheduler went away: fetching its result fails."""
+
+    status = "finished"
+
+    def result(self):
+        from distributed.comm.core import CommClosedError
+
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather>: Stream is closed")
+
+
+class _Client:
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+
+@pytest.mark.parametrize("status", ["connecting", "running"])
+def test_a_result_lost_with_the_connection(tmp_path: Path, status: str) -> None:
+    """The race the scheduler-loss test can hit: a slide finished, then the scheduler died before
+    its result was fetched. With the client disconnected that is the scheduler lost (the slide is
+    interrupted, to be redone by --resume); with the client still connected, the one slide fails
+    with a line saying why and the batch goes on."""
+    from xt_core.batch import BatchItem, BatchSummary
+    from xt_core.outputs.records import summary_row
+
+    slide = str(tmp_path / "a.svs")
+    summary = BatchSummary(tmp_path, tmp_path / "summary.csv", ["a", "b"], [BatchItem(slide)],
+                           [summary_row(slide, "pending")], [None])
+    client = _Client(status)
+    if status == "connecting":
+        with pytest.raises(batch_dask.SchedulerLost):
+            batch_dask._outcome(_GoneFuture(), slide, client, "tcp://127.0.0.1:1", summary)
+        assert read_summary_csv(tmp_path / "summary.csv")[0]["status"] == "interrupted"
+    else:
+        start = time.monotonic()
+        record, error, _ = batch_dask._outcome(_GoneFuture(), slide, client, "tcp://127.0.0.1:1", summary)
+        assert record is None and "could not be fetched from the Dask cluster" in str(error)
+        assert str(error).startswith(slide) and time.monotonic() - start >= 4.9

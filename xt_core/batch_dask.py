@@ -477,19 +477,38 @@ def _outcome(future: Any, slide: str, client: Any, address: str,
     """``(record, error, seconds)`` of a finished future; :class:`SchedulerLost` when the scheduler went away."""
     from distributed import KilledWorker
 
-    if future.status == "finished":
-        return future.result()
     if future.status == "cancelled":
         reason = _cancel_reason(future)
-        if reason == "scheduler-connection-lost" or client.status not in ("running", "newly-created"):
+        if reason == "scheduler-connection-lost" or not _connected(client):
             mark_interrupted(summary)  # every slide not recorded yet is still pending
             raise SchedulerLost(address, summary)
         return None, PathError(slide, f"cancelled on the Dask cluster ({reason})"), None
-    error = future.exception()
+    try:
+        if future.status == "finished":
+            return future.result()
+        error = future.exception()
+    except OSError as exc:  # distributed's CommClosedError is an OSError
+        # A slide that finished as the scheduler went away: its result cannot be fetched any more.
+        if not _connected(client, wait=5.0):
+            mark_interrupted(summary)
+            raise SchedulerLost(address, summary) from exc
+        return None, PathError(slide, f"its result could not be fetched from the Dask cluster ({exc})"), None
     if isinstance(error, KilledWorker):
         error = PathError(slide, "every Dask worker that ran it died (out of memory, or killed), as many times as "
                                  "the scheduler allows (distributed.scheduler.allowed-failures)")
     return None, error, None
+
+
+def _connected(client: Any, wait: float = 0.0) -> bool:
+    """Whether ``client`` is still connected to its scheduler; with ``wait``, give it that many
+    seconds to notice a connection that just broke (its status leaves ``running``)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if client.status not in ("running", "newly-created"):
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.1)
 
 
 def _cancel_reason(future: Any) -> str:
