@@ -319,6 +319,7 @@ def step(tokens):
     out = encoder(tokens)
     loss = F.cross_entropy(classifier(out), torch.tensor([1]))
     seg = segmenter(out)
+    del out  # as in training (model.heads(model.contextualize(...))): only the heads' graph holds it
     loss = loss + F.cross_entropy(seg.reshape(-1, 3), torch.randint(0, 3, (seg.shape[1],)))
     loss.backward()
 
