@@ -49,6 +49,7 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -487,9 +488,11 @@ def _outcome(future: Any, slide: str, client: Any, address: str,
         if future.status == "finished":
             return future.result()
         error = future.exception()
-    except OSError as exc:  # distributed's CommClosedError is an OSError
-        # A slide that finished as the scheduler went away: its result cannot be fetched any more.
-        if not _connected(client, wait=5.0):
+    except (OSError, CancelledError) as exc:
+        # A slide that finished as the scheduler went away: fetching its result fails on the closed
+        # connection (distributed's CommClosedError is an OSError), or the client, reconnecting, has
+        # cancelled the future meanwhile (FutureCancelledError).
+        if not _connected(client, wait=NOTICE_SECONDS):
             mark_interrupted(summary)
             raise SchedulerLost(address, summary) from exc
         return None, PathError(slide, f"its result could not be fetched from the Dask cluster ({exc})"), None
@@ -497,6 +500,10 @@ def _outcome(future: Any, slide: str, client: Any, address: str,
         error = PathError(slide, "every Dask worker that ran it died (out of memory, or killed), as many times as "
                                  "the scheduler allows (distributed.scheduler.allowed-failures)")
     return None, error, None
+
+
+#: How long a client may take to notice that its scheduler's connection broke.
+NOTICE_SECONDS = 5.0
 
 
 def _connected(client: Any, wait: float = 0.0) -> bool:

@@ -134,3 +134,55 @@ def test_no_recomputation_without_autograd() -> None:
     encoder = _encoder("transformer_xl", True)
     with torch.no_grad():
         assert _saved_bytes(encoder, 64) == 0
+
+
+@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+def test_a_retained_graph_backs_up_twice(name: str) -> None:
+    """``backward(retain_graph=True)`` then ``backward()``: the one-node pass runs its backward twice,
+    giving twice the plain gradient."""
+    tokens = torch.randn(1, 29, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    grads = {}
+    for recompute in (False, True):
+        encoder = _encoder(name, recompute)
+        x = tokens.clone().requires_grad_()
+        torch.manual_seed(7)
+        loss = (encoder(x) * torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view_as(x)).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads[recompute] = x.grad
+    assert (grads[True] - grads[False]).norm() <= 1e-9 * grads[False].norm()
+
+
+@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+def test_recomputed_gradient_under_autocast_is_the_plain_one(name: str) -> None:
+    """Under CPU autocast (bfloat16) the pieces are rebuilt at the precision forward had and their
+    vector-Jacobian products taken outside autocast, as plain autograd does: the tokens' gradient is
+    the plain one exactly, the parameters' up to float32 summation order."""
+    tokens = torch.randn(2, 29, DIM, generator=torch.Generator().manual_seed(6))
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **ENCODERS[name]).train()
+        x = tokens.clone().requires_grad_()
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            out = encoder(x)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[recompute] = [x.grad] + [p.grad for p in encoder.parameters()]
+    plain, recomputed = results[False], results[True]
+    assert torch.equal(recomputed[0], plain[0])
+    for a, b in zip(plain[1:], recomputed[1:]):
+        assert (b - a).norm() <= 1e-5 * a.norm()
+
+
+def test_chunk_gradients_are_summed_apart_from_the_incoming_ones() -> None:
+    """A chunk output that is a parameter plus a per-chunk term: autograd may hand the incoming
+    gradient itself back as the parameter's, which the sum must not write into."""
+    from xt_core.models.context.recompute import chunked_pass
+
+    module = torch.nn.Module()
+    module.p = torch.nn.Parameter(torch.zeros(1, 3))
+    x = torch.randn(1, 12, 3)
+    parts = chunked_pass(lambda piece: (piece.sum(1) + module.p,), x, 4, module)
+    sum(part[0].sum() for part in parts).backward()
+    assert torch.equal(module.p.grad, torch.full((1, 3), 3.0))

@@ -248,11 +248,11 @@ class _LayersInPlace(SequencePlan):
     A residual Mamba block maps each segment to ``x + mixer(norm(x))`` given the state carried
     from the segment read before it, so a layer can overwrite its input segment by segment:
     forward runs every layer in place on one copy of the tokens (the final norm too) and keeps
-    only the tokens and each segment's incoming state (~15 KB per segment and layer). Backward
-    needs each layer's input, which it rebuilds from the tokens (layers ``0..l-1`` again, in the
-    same buffer: ``depth (depth + 1) / 2`` more layer passes without autograd), then runs layer
-    ``l`` segment by segment in reverse reading order with autograd, back-propagating into the
-    state carried from the segment before, and overwrites one gradient buffer in place. So a step
+    only the tokens. Backward needs each layer's input, which it rebuilds from the tokens (layers
+    ``0..l-1`` again, in the same buffer: ``depth (depth + 1) / 2`` more layer passes without
+    autograd, recording layer ``l-1``'s segment states on the way, ~15 KB a segment), then runs
+    layer ``l`` segment by segment in reverse reading order with autograd, back-propagating into
+    the state carried from the segment before, and overwrites one gradient buffer in place. So a step
     holds the tokens, the output, its gradient, the tokens' gradient and the one layer buffer,
     whatever the depth and length. (Mamba draws no random numbers, so nothing is replayed.)
     """
@@ -267,15 +267,17 @@ class _LayersInPlace(SequencePlan):
         order = self.by_columns if self.by_columns is not None and enc._reads_by_columns(index) else None
         return _windows(length, enc.segment_len, enc._reads_backwards(index), order)
 
-    def _layer_in_place(self, index: int, x: torch.Tensor) -> list[Optional[MixerState]]:
-        """Layer ``index`` over ``x`` in place; returns the state each segment started from."""
+    def _layer_in_place(self, index: int, x: torch.Tensor, keep_states: bool = False) -> list[Optional[MixerState]]:
+        """Layer ``index`` over ``x`` in place; with ``keep_states``, returns the state each
+        segment started from (for that layer's backward)."""
         block = self.encoder.layers[index]
         state: Optional[MixerState] = None
         seen: list[Optional[MixerState]] = []
         for window in self._layer_windows(index, x.shape[1]):
             # Copies: the conv tail is a view of the segment's padded conv input, which a kept
             # view would keep whole (1.5 MiB a segment at the default width and length).
-            seen.append(None if state is None else MixerState(*(t.clone() for t in state)))
+            if keep_states:
+                seen.append(None if state is None else MixerState(*(t.clone() for t in state)))
             out, state = block(window.read(x), state, return_state=True)
             window.write(x, out)
         return seen
@@ -303,10 +305,10 @@ class _LayersInPlace(SequencePlan):
             """``x`` := layer ``index``'s input; returns the segment states of layer ``index - 1``
             (the last one run), which that layer's backward needs next."""
             seen: list[Optional[MixerState]] = []
-            with torch.no_grad():
+            with torch.no_grad(), replay.autocast():  # the activations forward had, half precision too
                 x.copy_(tokens)
                 for k in range(index):
-                    seen = self._layer_in_place(k, x)
+                    seen = self._layer_in_place(k, x, keep_states=k == index - 1)
             return seen
 
         pending = layer_input(depth)

@@ -76,21 +76,25 @@ class Replay:
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         kind = device.type if device.type in ("cuda", "cpu") else "cpu"
         self.autocast_kind = kind
-        self.autocast = torch.is_autocast_enabled(kind)
+        self.autocast_enabled = torch.is_autocast_enabled(kind)
         self.autocast_dtype = torch.get_autocast_dtype(kind)
+
+    def autocast(self) -> torch.autocast:
+        """Autocast as it was in forward (also for rebuilding a piece's input without autograd)."""
+        return torch.autocast(self.autocast_kind, dtype=self.autocast_dtype, enabled=self.autocast_enabled)
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
         """Autograd on, autocast as in forward, the RNG as it was when captured (and the
-        caller's RNG state restored afterwards, so replaying draws nothing from it)."""
+        caller's RNG state restored afterwards, so replaying draws nothing from it). The
+        vector-Jacobian products taken inside (:func:`piece_gradients`) run without autocast,
+        as a plain backward pass does."""
         devices = [self.device] if self.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(self.cpu_rng)
             if self.cuda_rng is not None:
                 torch.cuda.set_rng_state(self.cuda_rng, self.device)
-            with torch.enable_grad(), torch.autocast(
-                self.autocast_kind, dtype=self.autocast_dtype, enabled=self.autocast
-            ):
+            with torch.enable_grad(), self.autocast():
                 yield
 
 
@@ -105,19 +109,22 @@ def piece_gradients(
     result: list[Optional[torch.Tensor]] = [None] * len(inputs)
     if not pairs or not wanted:
         return result
-    found = torch.autograd.grad(
-        [o for o, _ in pairs],
-        [inputs[i] for i in wanted],
-        [g.to(o.dtype) for o, g in pairs],
-        allow_unused=True,
-    )
+    kind = pairs[0][0].device.type
+    with torch.autocast(kind if kind in ("cuda", "cpu") else "cpu", enabled=False):  # backward as plain autograd runs it
+        found = torch.autograd.grad(
+            [o for o, _ in pairs],
+            [inputs[i] for i in wanted],
+            [g.to(o.dtype) for o, g in pairs],
+            allow_unused=True,
+        )
     for i, g in zip(wanted, found):
         result[i] = g
     return result
 
 
 class GradientSum:
-    """Parameter gradients summed over pieces (the first piece's tensors, added into in place)."""
+    """Parameter gradients summed over pieces, in float32 at least (half-precision gradients summed
+    over many pieces would round), cast back to each parameter's dtype at the end."""
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
         self.params = list(params)
@@ -127,7 +134,10 @@ class GradientSum:
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            self.sums[i] = g if self.sums[i] is None else self.sums[i].add_(g)
+            if self.sums[i] is None:  # a copy: autograd may hand back a tensor the caller still uses
+                self.sums[i] = g.to(torch.promote_types(g.dtype, torch.float32), copy=True)
+            else:
+                self.sums[i].add_(g)
 
     def result(self) -> list[Optional[torch.Tensor]]:
         """One gradient per parameter, in ``params`` order, in each parameter's dtype."""
@@ -139,8 +149,8 @@ class SequencePlan:
 
     ``run(tokens)`` is the forward pass (called without autograd; returns a new tensor).
     ``backward(tokens, grad_out, replay, grads)`` recomputes the pieces under ``replay`` and
-    returns the tokens' gradient, adding the parameters' into ``grads`` (a :class:`GradientSum`
-    over ``params``, the parameters the pieces use)."""
+    returns the tokens' gradient (None when they need none), adding the parameters' into
+    ``grads`` (a :class:`GradientSum` over ``params``, the parameters the pieces use)."""
 
     params: list[torch.Tensor]
 
@@ -149,7 +159,7 @@ class SequencePlan:
 
     def backward(
         self, tokens: torch.Tensor, grad_out: torch.Tensor, replay: Replay, grads: GradientSum
-    ) -> torch.Tensor:  # pragma: no cover
+    ) -> Optional[torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -167,8 +177,7 @@ class _RecomputedPass(torch.autograd.Function):
         (tokens,) = ctx.saved_tensors
         plan: SequencePlan = ctx.plan
         grads = GradientSum(plan.params)
-        grad_tokens = plan.backward(tokens, grad_out, ctx.replay, grads)
-        ctx.plan = None  # the plan holds closures over the module; free them with the node
+        grad_tokens = plan.backward(tokens, grad_out, ctx.replay, grads)  # the plan stays: retain_graph
         return (None, grad_tokens if ctx.needs_input_grad[1] else None, *grads.result())
 
 
@@ -209,7 +218,6 @@ class _ChunkedPass(torch.autograd.Function):
                 if grad_tokens is not None:
                     grad_tokens[:, start : start + ctx.chunk] = 0 if found[0] is None else found[0]
                 sums.add(found[1:])
-        ctx.fn = ctx.params = None
         return (None, None, None, grad_tokens, *sums.result())
 
 

@@ -205,9 +205,9 @@ class TransformerXLContext(ContextEncoder):
         causal: if False (default) a token sees its whole segment and all memory; if True
             only earlier positions (the usual XL mask).
         dropout: dropout on attention weights and residual branches.
-        recompute: under autograd, keep only each segment's input and memory and run the
-            segment again in backward (:mod:`recompute`): same gradient, one segment's
-            activations alive instead of the whole sequence's.
+        recompute: under autograd, run the whole sequence as one node that keeps only the
+            tokens and runs the segments again in backward (:mod:`recompute`): same gradient,
+            one segment's activations alive instead of the whole sequence's.
         positions: ``absolute`` (default: 1D relative term along the raster order),
             ``normed`` (the same here; the model normalises the tokens) or ``rope2d`` (2D
             relative term, :mod:`rope`).
@@ -266,11 +266,10 @@ class TransformerXLContext(ContextEncoder):
         """Last ``mem_len`` tokens of ``[memory, hidden]``, detached from autograd.
 
         Where the memory is the whole of this segment's layer input (``mem_len`` equal to the
-        segment's length, the default) it is that tensor itself, not a copy: for the first
-        layer a view of the token sequence, which exists anyway, so a recomputing training step
-        keeps ``depth - 1`` token-width copies of the sequence for the segments' memories
-        instead of ``depth``. Otherwise a copy, so that a memory kept for a later segment's
-        recomputation does not keep the whole joined tensor, or the layer's input, alive.
+        segment's length, the default) it is that tensor itself, not a copy (for the first layer
+        a view of the token sequence, which exists anyway). Otherwise a copy, so that a memory
+        kept for the next segment (or by a caller streaming segment by segment) does not keep the
+        whole joined tensor, or the layer's input, alive.
         """
         if self.mem_len == 0:
             return hidden[:, :0].detach()
