@@ -33,13 +33,15 @@ def _encoder(name: str, recompute: bool):
 
 
 #: Variants that take other paths through the recomputation: causal XL with 2D RoPE (rotary
-#: memory keys), a memory shorter than the segment, Mamba reading by columns, one-way Mamba.
+#: memory keys), a memory shorter than the segment, Mamba reading by columns, one-way Mamba, and
+#: Mamba on a sequence within one segment (checkpointed per layer instead).
 VARIANTS = {
     "transformer_xl-rope2d-causal": ("transformer_xl", dict(depth=3, heads=2, segment_len=8, mem_len=8, dropout=0.1,
                                                            causal=True, positions="rope2d")),
     "transformer_xl-short-memory": ("transformer_xl", dict(depth=2, heads=2, segment_len=8, mem_len=5, dropout=0.1)),
     "mamba-alternate": ("mamba", dict(depth=4, d_state=4, segment_len=8, chunk_size=4, scan="alternate")),
     "mamba-one-way": ("mamba", dict(depth=2, d_state=4, segment_len=5, chunk_size=4, bidirectional=False)),
+    "mamba-one-segment": ("mamba", dict(depth=3, d_state=4, segment_len=64, chunk_size=4)),  # per-layer checkpoints
 }
 
 
