@@ -33,6 +33,7 @@ from xt_core.models.context.recompute import (
     piece_gradients,
     recomputed_pass,
     recomputing,
+    trainable_parameters,
 )
 from xt_core.models.context.rope import check_coords, check_positions
 from xt_core.models.context.selective_scan import DEFAULT_CHUNK_SIZE, fused_scan_available, selective_scan
@@ -254,13 +255,13 @@ class _LayersInPlace(SequencePlan):
     layer ``l`` segment by segment in reverse reading order with autograd, back-propagating into
     the state carried from the segment before, and overwrites one gradient buffer in place. So a step
     holds the tokens, the output, its gradient, the tokens' gradient and the one layer buffer,
-    whatever the depth and length. (Mamba draws no random numbers, so nothing is replayed.)
+    whatever the depth and length. (Mamba draws no random numbers: ``replay`` restores autocast.)
     """
 
     def __init__(self, encoder: "MambaContextEncoder", by_columns: Optional[torch.Tensor]) -> None:
         self.encoder = encoder
         self.by_columns = by_columns
-        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        self.params = trainable_parameters(encoder)
 
     def _layer_windows(self, index: int, length: int) -> list[_Window]:
         enc = self.encoder

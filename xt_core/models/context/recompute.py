@@ -48,6 +48,16 @@ def recomputing(module: nn.Module, *tensors: Any) -> bool:
     return bool(getattr(module, "recompute", False)) and records_grad(*tensors, module=module)
 
 
+def trainable_parameters(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters of ``module`` that take gradients: what a one-node pass returns gradients for."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _autocast_kind(device: torch.device) -> str:
+    """The autocast device type for tensors on ``device`` (autocast knows ``cuda`` and ``cpu``)."""
+    return device.type if device.type in ("cuda", "cpu") else "cpu"
+
+
 def checkpointed(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` keeping only its inputs for backward, which runs it again (RNG replayed)."""
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True)
@@ -74,10 +84,9 @@ class Replay:
         self.device = device
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        kind = device.type if device.type in ("cuda", "cpu") else "cpu"
-        self.autocast_kind = kind
-        self.autocast_enabled = torch.is_autocast_enabled(kind)
-        self.autocast_dtype = torch.get_autocast_dtype(kind)
+        self.autocast_kind = _autocast_kind(device)
+        self.autocast_enabled = torch.is_autocast_enabled(self.autocast_kind)
+        self.autocast_dtype = torch.get_autocast_dtype(self.autocast_kind)
 
     def autocast(self) -> torch.autocast:
         """Autocast as it was in forward (also for rebuilding a piece's input without autograd)."""
@@ -109,8 +118,7 @@ def piece_gradients(
     result: list[Optional[torch.Tensor]] = [None] * len(inputs)
     if not pairs or not wanted:
         return result
-    kind = pairs[0][0].device.type
-    with torch.autocast(kind if kind in ("cuda", "cpu") else "cpu", enabled=False):  # backward as plain autograd runs it
+    with torch.autocast(_autocast_kind(pairs[0][0].device), enabled=False):  # backward as plain autograd runs it
         found = torch.autograd.grad(
             [o for o, _ in pairs],
             [inputs[i] for i in wanted],
@@ -190,46 +198,42 @@ def recomputed_pass(plan: SequencePlan, tokens: torch.Tensor) -> torch.Tensor:
 
 class _ChunkedPass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fn: Callable[..., Any], chunk: int, params: list, tokens: torch.Tensor, *flat_params):
+    def forward(ctx, fn: Callable[..., tuple], chunk: int, tokens: torch.Tensor, *params: torch.Tensor):
         ctx.set_materialize_grads(False)
         ctx.fn, ctx.chunk, ctx.params = fn, chunk, params
         ctx.replay = Replay(tokens.device)
         ctx.save_for_backward(tokens)
-        outputs: list[torch.Tensor] = []
-        for piece in tokens.split(chunk, dim=1):
-            result = fn(piece)
-            outputs.extend(result if isinstance(result, (tuple, list)) else (result,))
-        return tuple(outputs)
+        outputs = [fn(piece) for piece in tokens.split(chunk, dim=1)]
+        ctx.per_piece = len(outputs[0])
+        return tuple(t for piece in outputs for t in piece)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Optional[torch.Tensor]):
         (tokens,) = ctx.saved_tensors
-        wants_tokens = ctx.needs_input_grad[3]
+        wants_tokens = ctx.needs_input_grad[2]
         grad_tokens = torch.empty_like(tokens) if wants_tokens else None
         sums = GradientSum(ctx.params)
-        per_piece = len(grads) // max(1, -(-tokens.shape[1] // ctx.chunk))
+        n = ctx.per_piece
         with ctx.replay.replaying():
             for i, start in enumerate(range(0, tokens.shape[1], ctx.chunk)):
                 piece = tokens[:, start : start + ctx.chunk].detach().requires_grad_(wants_tokens)
-                result = ctx.fn(piece)
-                result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
-                found = piece_gradients(result, grads[i * per_piece : (i + 1) * per_piece], [piece, *ctx.params])
+                found = piece_gradients(ctx.fn(piece), grads[i * n : (i + 1) * n], [piece, *ctx.params])
                 if grad_tokens is not None:
                     grad_tokens[:, start : start + ctx.chunk] = 0 if found[0] is None else found[0]
                 sums.add(found[1:])
-        return (None, None, None, grad_tokens, *sums.result())
+        return (None, None, grad_tokens, *sums.result())
 
 
-def chunked_pass(fn: Callable[..., Any], tokens: torch.Tensor, chunk: int, module: nn.Module) -> list[tuple]:
-    """``fn`` (tokens-wise: no mixing across tokens) on each chunk of ``chunk`` tokens, as one
-    autograd node: forward keeps only ``tokens``; backward runs each chunk again (RNG replayed)
-    and writes its token gradient into one tensor. Returns each chunk's outputs as a tuple.
+def chunked_pass(fn: Callable[..., tuple], tokens: torch.Tensor, chunk: int, module: nn.Module) -> list[tuple]:
+    """``fn`` (tokens-wise: no mixing across tokens; returns a tuple of tensors) on each chunk of
+    ``chunk`` tokens, as one autograd node: forward keeps only ``tokens``; backward runs each
+    chunk again (RNG replayed) and writes its token gradient into one tensor. Returns each chunk's
+    tuple of outputs.
 
     Checkpointing each chunk instead would give each chunk's gradient its own tensor, all kept until
     the split joins them into one more (two sequence-sized gradients per head at once)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    flat = _ChunkedPass.apply(fn, chunk, params, tokens, *params)
+    flat = _ChunkedPass.apply(fn, chunk, tokens, *trainable_parameters(module))
     pieces = -(-tokens.shape[1] // chunk)
-    per_piece = len(flat) // pieces
-    return [tuple(flat[i * per_piece : (i + 1) * per_piece]) for i in range(pieces)]
+    n = len(flat) // pieces
+    return [tuple(flat[i * n : (i + 1) * n]) for i in range(pieces)]

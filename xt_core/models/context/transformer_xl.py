@@ -43,6 +43,7 @@ from xt_core.models.context.recompute import (
     piece_gradients,
     recomputed_pass,
     recomputing,
+    trainable_parameters,
 )
 from xt_core.models.context.rope import (
     DEFAULT_ROPE_BASE,
@@ -360,7 +361,7 @@ class _RecomputedSegments(SequencePlan):
 
     def __init__(self, encoder: TransformerXLContext, rope: Optional[RotaryTables]) -> None:
         self.encoder, self.rope = encoder, rope
-        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        self.params = trainable_parameters(encoder)
 
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder._into_result(tokens, self.rope)
