@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -110,3 +111,48 @@ def test_bad_arguments(slide_and_grid) -> None:
         next(iter_region_batches(slide, grid, batch_size=0))
     with pytest.raises(ValueError, match="workers"):
         next(iter_region_batches(slide, grid, workers=-1))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_readers_run_at_background_priority(slide_and_grid, monkeypatch) -> None:
+    """Reader threads take only cores the model leaves idle (see xt_core.stream's docstring)."""
+    slide, grid = slide_and_grid
+    policies = []
+    real = stream._read_batch
+
+    def recording(*args, **kwargs):
+        policies.append((threading.current_thread().name, os.sched_getscheduler(0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "_read_batch", recording)
+    assert len(list(iter_region_batches(slide, grid, batch_size=4, workers=2))) > 1
+    assert {policy for _, policy in policies} == {os.SCHED_IDLE}
+    assert all(name.startswith("xt-read_") for name, _ in policies)
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the consumer's own priority is untouched
+
+
+def test_starved_readers_move_to_normal_priority(slide_and_grid, monkeypatch) -> None:
+    """Background readers that never get a core (every core busy elsewhere) do not stall the pass:
+    after PATIENCE_S the batches are read at normal priority, same batches, same order."""
+    slide, grid = slide_and_grid
+    ref_idx, ref_img = _collect(iter_region_batches(slide, grid, batch_size=3, workers=0))
+    readers = []
+    real = stream._read_batch
+
+    def recording(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    released = threading.Event()
+    monkeypatch.setattr(stream, "_run_in_background", lambda: released.wait(timeout=1.0))  # starved
+    monkeypatch.setattr(stream, "_read_batch", recording)
+    try:
+        idx, img = _collect(iter_region_batches(slide, grid, batch_size=3, workers=2))
+    finally:
+        released.set()
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(img, ref_img)
+    consumer = threading.current_thread().name
+    assert readers.count(consumer) == 1  # the late batch, read by the consumer itself
+    assert len(readers) == -(-len(ref_idx) // 3) > 2  # each batch read once: none by a starved reader
+    assert all(name.startswith("xt-read-now") for name in readers if name != consumer)

@@ -5,19 +5,37 @@ and the reader libraries release the GIL while they decode. A few threads theref
 the model fed. At most ``prefetch`` batches exist at once (in flight or waiting), so
 memory is ``prefetch x batch_size x R x R x 3`` bytes whatever the slide's size, and
 batches come out in raster order whatever the number of workers.
+
+Why the readers run at background priority (Linux ``SCHED_IDLE``): on a CPU the model's
+intra-op threads meet at a barrier after every operation, so a reader that preempts one of
+them stalls all of them; reading 2% of the CPU cost the encoder 6% (default model, 20x, two
+cores). Idle-priority readers only take cores the model leaves idle between its operations,
+which was enough to keep it fed (0.98 of the encoder alone, against 0.93). Where other
+processes keep every core busy, idle-priority threads would starve: when the consumer has
+waited :data:`PATIENCE_S` for a batch, the readers move to normal priority for the rest of
+the pass (that batch, if a starved reader holds it, is read again by the consumer itself).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from xt_core.slide import Slide
 from xt_core.tokenize import RegionGrid
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the consumer waits for a background reader's batch before deciding the readers are
+#: starved (other processes hold every core) or slower than the model: either way, normal
+#: priority is then the right one.
+PATIENCE_S = 0.1
 
 
 @dataclass
@@ -55,8 +73,10 @@ def iter_region_batches(
     Regions are ``indices`` if given, else those with tissue fraction >= ``tissue_threshold``
     (all when None): background is skipped but every batch says where its regions are.
     ``workers=0`` reads in the calling thread. ``prefetch`` bounds the batches held at
-    once, the one the caller holds included (default ``2 * workers + 1``). ``pin_memory`` (for CUDA) page-locks each batch in the
-    reading thread so the copy to the GPU can be asynchronous.
+    once, the one the caller holds included (default ``2 * workers + 1``). ``pin_memory``
+    (for CUDA) page-locks each batch in the reading thread so the copy to the GPU can be
+    asynchronous. The reader threads run at background priority until they starve (see the
+    module's docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -74,25 +94,88 @@ def iter_region_batches(
         return
 
     depth = max(1, prefetch if prefetch is not None else 2 * workers + 1)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xt-read")
-    pending: deque[Future[RegionBatch]] = deque()
+    readers = _ReadAhead(load, workers)
+    pending: deque[tuple[np.ndarray, Future[RegionBatch]]] = deque()
     try:
         todo = iter(groups)
         for group in todo:
-            pending.append(pool.submit(load, group))
+            pending.append((group, readers.submit(group)))
             if len(pending) >= depth:
                 break
         while pending:
-            yield pending.popleft().result()
+            group, future = pending.popleft()
+            batch = readers.take(group, future, pending)
+            yield batch
             # Refill only once the consumer is done with the batch it was given, so the
-            # batches alive (being read, waiting, or in the consumer's hands) never exceed depth.
+            # batches alive (being read, waiting, or in the consumer's hands) never exceed depth
+            # (plus, once only, those a starved background reader still holds).
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(load, nxt))
+                pending.append((nxt, readers.submit(nxt)))
     finally:
-        for future in pending:
+        readers.close(future for _, future in pending)
+
+
+class _ReadAhead:
+    """Reader threads at background priority, moved to normal priority once they starve."""
+
+    def __init__(self, load: Callable[[np.ndarray], RegionBatch], workers: int) -> None:
+        self._load = load
+        self._workers = workers
+        self._background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xt-read",
+                                              initializer=_run_in_background)
+        self._foreground: ThreadPoolExecutor | None = None
+        self._from_background: set[Future[RegionBatch]] = set()
+
+    def submit(self, group: np.ndarray) -> Future[RegionBatch]:
+        if self._foreground is not None:
+            return self._foreground.submit(self._load, group)
+        future = self._background.submit(self._load, group)
+        self._from_background.add(future)
+        return future
+
+    def take(self, group: np.ndarray, future: Future[RegionBatch],
+             pending: deque[tuple[np.ndarray, Future[RegionBatch]]]) -> RegionBatch:
+        """``group``'s batch; ``pending`` (the batches after it) is resubmitted if the readers starve."""
+        background = future in self._from_background
+        self._from_background.discard(future)
+        if not background or future.done():
+            return future.result()
+        if self._foreground is None:
+            try:
+                return future.result(timeout=PATIENCE_S)
+            except TimeoutError:
+                self._to_foreground(pending)
+        if future.cancel() or not future.done():
+            return self._load(group)  # a starved reader may hold it: read it here, at normal priority
+        return future.result()
+
+    def _to_foreground(self, pending: deque[tuple[np.ndarray, Future[RegionBatch]]]) -> None:
+        logger.debug("reader threads waited %.2f s for a core: reading at normal priority from here", PATIENCE_S)
+        self._foreground = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="xt-read-now")
+        for i, (group, future) in enumerate(pending):
+            if future.cancel():  # not started: hand it to the new readers
+                self._from_background.discard(future)
+                pending[i] = (group, self._foreground.submit(self._load, group))
+
+    def close(self, futures: Iterator[Future[RegionBatch]]) -> None:
+        for future in futures:
             future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._foreground, self._background):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_in_background() -> None:
+    """Reader thread initializer: run only on cores nothing else wants (Linux ``SCHED_IDLE``).
+
+    Per thread on Linux (``0`` is the calling thread); elsewhere, or where the policy is
+    refused, the thread keeps normal priority.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
 
 
 def _read_batch(
