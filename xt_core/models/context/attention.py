@@ -25,7 +25,7 @@ from torch import nn
 
 from xt_core.models.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xt_core.models.context.layers import RMSNorm, SwiGLU, check_heads
-from xt_core.models.context.recompute import checkpointed, recomputing
+from xt_core.models.context.recompute import checkpointed, recomputed_pass, recomputing
 from xt_core.models.context.rope import (
     DEFAULT_ROPE_BASE,
     RotaryTables,
@@ -183,9 +183,14 @@ def build_attention_stack(
 
 
 def run_blocks(encoder: nn.Module, tokens: torch.Tensor, coords: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``encoder.norm`` after ``encoder.blocks`` in order, each checkpointed when recomputing."""
+    """``encoder.norm`` after ``encoder.blocks`` in order. When recomputing: as one autograd node
+    keeping only the tokens (:mod:`attention_plan`) where it applies, else each block checkpointed."""
+    from xt_core.models.context import attention_plan  # it builds on hyper, which builds on this module
+
     recompute = recomputing(encoder, tokens)
     rope = encoder_rope(encoder, coords, tokens.shape[1], tokens.device, tokens.dtype)
+    if recompute and attention_plan.applies(encoder, tokens.shape[1]):
+        return recomputed_pass(attention_plan.AttentionLayers(encoder, rope), tokens)
     x = tokens
     for block in encoder.blocks:
         x = checkpointed(block, x, rope) if recompute else block(x, rope)

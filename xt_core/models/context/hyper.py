@@ -131,6 +131,91 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.view(batch, heads, index.shape[-1], dim)
 
 
+class HyperLayout:
+    """What non-causal HyperAttention fixes before it attends: the sorted orders of queries and
+    keys, padded to whole blocks, and the sampled key columns; then it attends one chunk of
+    query blocks at a time (:meth:`attend`), each chunk's queries given as rows (so that a caller
+    may compute them chunk by chunk: :mod:`attention_plan`).
+
+    ``q_order (B, H, Lq)``, ``k_order (B, H, Lk)``: the sortLSH permutations; ``samples``: the
+    sampled key indices (drawn by :meth:`draw_samples`, or given to repeat a draw).
+    """
+
+    def __init__(self, q_order: torch.Tensor, k_order: torch.Tensor, head_dim: int, block_size: int,
+                 samples: torch.Tensor, query_chunk: int = DEFAULT_QUERY_CHUNK) -> None:
+        batch, heads, q_len = q_order.shape
+        k_len = k_order.shape[-1]
+        device = q_order.device
+        self.shape = (batch, heads, q_len, k_len, head_dim)
+        self.block_size = block_size
+        self.blocks = max(math.ceil(q_len / block_size), math.ceil(k_len / block_size))
+        padded = self.blocks * block_size
+        self.step = max(1, query_chunk // block_size)
+        # Sorted orders, padded to whole blocks with a dummy row 0 (padded queries are dropped,
+        # padded keys masked): rows are gathered one chunk of blocks at a time, never all sorted.
+        self.q_order = q_order
+        self.q_order_padded = F.pad(q_order, (0, padded - q_len))
+        self.k_order_padded = F.pad(k_order, (0, padded - k_len))
+        self.key_valid = torch.arange(padded, device=device) < k_len
+        k_position = torch.empty_like(k_order).scatter_(-1, k_order, torch.arange(k_len, device=device).expand_as(k_order))
+        # Uniform columns (with replacement): the unbiased estimate of the off-block mass.
+        self.samples = samples
+        self.sample_block = k_position[..., samples] // block_size  # (B, H, m) block of each sampled key
+        self.log_scale = math.log(k_len / samples.shape[0])
+        self.row_offset = torch.arange(batch * heads, device=device).view(batch, heads, 1) * q_len
+
+    @staticmethod
+    def draw_samples(k_len: int, sample_size: int, device: torch.device,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return torch.randint(k_len, (sample_size,), device=device, generator=generator)
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """``(first block, block count)`` of each chunk of query blocks, in order."""
+        return [(first, min(self.step, self.blocks - first)) for first in range(0, self.blocks, self.step)]
+
+    def query_rows(self, first: int, count: int) -> torch.Tensor:
+        """``(B, H, count * block_size)``: the query index of each sorted row of a chunk (padding: 0)."""
+        return self.q_order_padded[..., first * self.block_size : (first + count) * self.block_size]
+
+    def real_rows(self, first: int, count: int) -> torch.Tensor:
+        """``(B, H, real)``: the query indices of a chunk's rows that are not padding, in order."""
+        start = first * self.block_size
+        real = min((first + count) * self.block_size, self.shape[2]) - start
+        return self.q_order[..., start : start + real]
+
+    def targets(self, first: int, count: int) -> torch.Tensor:
+        """Flat ``(B * H * real,)`` indices into ``(B * H * Lq)`` of a chunk's real rows."""
+        return (self.real_rows(first, count) + self.row_offset).reshape(-1)
+
+    def key_rows(self, first: int, count: int) -> torch.Tensor:
+        """``(B, H, count * block_size)``: the key index of each sorted row of a chunk (padding: 0)."""
+        return self.k_order_padded[..., first * self.block_size : (first + count) * self.block_size]
+
+    def attend(self, first: int, count: int, q_rows: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor,
+               k_sample: torch.Tensor, v_sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block-diagonal part and sampled part of ``count`` query blocks from ``first``, merged:
+        ``(out (B, H, count * block, d), lse (B, H, count * block))``, padding rows included.
+        ``q_rows``, ``k_rows``, ``v_rows (B, H, count * block, d)``: the queries of :meth:`query_rows`,
+        the keys and values of :meth:`key_rows`; ``k_sample``, ``v_sample``: the sampled columns'."""
+        batch, heads, _, _, dim = self.shape
+        block_size, device = self.block_size, q_rows.device
+        scale = dim**-0.5
+        compute = torch.promote_types(q_rows.dtype, torch.float32)
+        rows = slice(first * block_size, (first + count) * block_size)
+        chunk = (batch, heads, count, block_size, dim)
+        kb, vb = k_rows.reshape(chunk), v_rows.reshape(chunk)
+        scores = torch.matmul(q_rows.view(chunk), kb.transpose(-1, -2)).to(compute) * scale  # (B, H, c, b, b)
+        valid = self.key_valid[rows].view(count, 1, block_size)
+        block_out, block_lse = _softmax_parts(scores.masked_fill_(~valid, float("-inf")), vb.to(compute))
+
+        sampled = torch.matmul(q_rows, k_sample.transpose(-1, -2)).to(compute) * scale  # (B, H, c*b, m)
+        query_block = torch.arange(first, first + count, device=device).repeat_interleave(block_size)
+        same_block = self.sample_block.unsqueeze(-2) == query_block[:, None]
+        sample_out, sample_lse = _softmax_parts(sampled.masked_fill_(same_block, float("-inf")), v_sample.to(compute))
+        return _merge(block_out.reshape(batch, heads, count * block_size, dim),
+                      block_lse.reshape(batch, heads, -1), sample_out, sample_lse + self.log_scale)  # fmt: skip
+
+
 def hyper_attention_lse(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -148,60 +233,26 @@ def hyper_attention_lse(
     is exact: every key is in the block and every sampled key is masked out.
     """
     batch, heads, q_len, dim = q.shape
-    k_len = k.shape[-2]
-    scale = dim**-0.5
-    blocks = max(math.ceil(q_len / block_size), math.ceil(k_len / block_size))
-    padded = blocks * block_size
-    device = q.device
-
-    # Sorted orders, padded to whole blocks with a dummy row 0 (padded queries are dropped,
-    # padded keys masked): rows are gathered one chunk of blocks at a time, never all sorted.
-    q_order, k_order = lsh_order(q, projections), lsh_order(k, projections)
-    k_position = torch.empty_like(k_order).scatter_(-1, k_order, torch.arange(k_len, device=device).expand_as(k_order))
-    q_order_padded = F.pad(q_order, (0, padded - q_len))
-    k_order_padded = F.pad(k_order, (0, padded - k_len))
-    key_valid = torch.arange(padded, device=device) < k_len
-
-    # Uniform columns (with replacement): the unbiased estimate of the off-block mass.
-    samples = torch.randint(k_len, (sample_size,), device=device, generator=generator)
+    samples = HyperLayout.draw_samples(k.shape[-2], sample_size, q.device, generator)
+    layout = HyperLayout(lsh_order(q, projections), lsh_order(k, projections), dim, block_size, samples, query_chunk)
     k_sample, v_sample = k[..., samples, :], v[..., samples, :]
-    sample_block = k_position[..., samples] // block_size  # (B, H, m) block of each sampled key
-    log_scale = math.log(k_len / sample_size)
-
     compute = torch.promote_types(q.dtype, torch.float32)
     out = q.new_empty(batch * heads * q_len, dim, dtype=compute)
     lse_out = q.new_empty(batch * heads * q_len, dtype=compute)
-    row_offset = torch.arange(batch * heads, device=device).view(batch, heads, 1) * q_len
-    step = max(1, query_chunk // block_size)
 
     def attend_chunk(first: int, count: int, q, k, v, k_sample, v_sample) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block-diagonal part and sampled part of ``count`` query blocks from ``first``, merged."""
-        rows = slice(first * block_size, (first + count) * block_size)
-        chunk = (batch, heads, count, block_size, dim)
-        q_rows = _gather_rows(q, q_order_padded[..., rows])
-        kb = _gather_rows(k, k_order_padded[..., rows]).view(chunk)
-        vb = _gather_rows(v, k_order_padded[..., rows]).view(chunk)
-        scores = torch.matmul(q_rows.view(chunk), kb.transpose(-1, -2)).to(compute) * scale  # (B, H, c, b, b)
-        valid = key_valid[rows].view(count, 1, block_size)
-        block_out, block_lse = _softmax_parts(scores.masked_fill_(~valid, float("-inf")), vb.to(compute))
-
-        sampled = torch.matmul(q_rows, k_sample.transpose(-1, -2)).to(compute) * scale  # (B, H, c*b, m)
-        query_block = torch.arange(first, first + count, device=device).repeat_interleave(block_size)
-        same_block = sample_block.unsqueeze(-2) == query_block[:, None]
-        sample_out, sample_lse = _softmax_parts(sampled.masked_fill_(same_block, float("-inf")), v_sample.to(compute))
-        return _merge(block_out.reshape(batch, heads, count * block_size, dim),
-                      block_lse.reshape(batch, heads, -1), sample_out, sample_lse + log_scale)  # fmt: skip
+        keys = layout.key_rows(first, count)
+        return layout.attend(first, count, _gather_rows(q, layout.query_rows(first, count)),
+                             _gather_rows(k, keys), _gather_rows(v, keys), k_sample, v_sample)
 
     # Under autograd each chunk is recomputed in backward rather than kept: its scores are
     # (block + sample) per query, far more than the queries, keys and values themselves.
     recompute = records_grad(q, k, v)
-    for first in range(0, blocks, step):
-        count = min(step, blocks - first)
-        rows = slice(first * block_size, (first + count) * block_size)
+    for first, count in layout.chunks():
         parts = (first, count, q, k, v, k_sample, v_sample)
         merged, lse = checkpointed(attend_chunk, *parts) if recompute else attend_chunk(*parts)
-        real = min(rows.stop, q_len) - rows.start  # queries of this chunk that are not padding
-        target = (q_order[..., rows.start : rows.start + real] + row_offset).reshape(-1)
+        target = layout.targets(first, count)
+        real = target.shape[0] // (batch * heads)  # queries of this chunk that are not padding
         out.index_copy_(0, target, merged[..., :real, :].reshape(-1, dim))
         lse_out.index_copy_(0, target, lse[..., :real].reshape(-1))
     return out.view(batch, heads, q_len, dim).to(v.dtype), lse_out.view(batch, heads, q_len)

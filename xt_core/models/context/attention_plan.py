@@ -1,0 +1,324 @@
+"""Global attention (``attention``, ``hyper``) in training as one autograd node.
+
+Checkpointing each layer keeps every layer's input and, in backward, one layer's activations
+over the whole sequence: the queries, keys, values, the attention output, the MLP's hidden units
+(about 15 sequence-sized tensors at once). This plan (a :class:`~recompute.SequencePlan`, see
+:mod:`recompute`) splits each block into its token-wise parts and its attention core, and runs
+every part in chunks:
+
+- **forward** (no autograd) overwrites one copy of the tokens layer by layer: the keys and
+  values of all tokens, then the attention output ``A`` chunk of queries by chunk (the queries
+  of a chunk are computed from its tokens' rows), then the output projection and the MLP chunk
+  by chunk, in place. It keeps only the tokens.
+- **backward**, layer by layer from the top: the layer's input is rebuilt from the tokens (the
+  layers below run again, no autograd), ``A`` recomputed; the projection and MLP are
+  back-propagated chunk by chunk (the attention output's gradient overwrites ``A``); then each
+  chunk of queries again with autograd against leaf keys and values, whose gradients are summed
+  over the chunks; last, the keys' and values' gradients go back to the tokens chunk by chunk.
+
+So a step holds the tokens, the output's gradient, the layer buffer, the tokens' gradient and
+``A`` (5 sequence-sized tensors), plus the keys and values of all tokens and their gradients (what
+global attention cannot do without: every query needs every key), plus one chunk's working
+memory. The gradient is plain autograd's (tested to 1e-6 in float64).
+
+HyperAttention's chunks are chunks of its sorted blocks (:class:`hyper.HyperLayout`): a chunk's
+queries are other tokens for each head, so its rows are gathered per head; the sampled columns
+are drawn once per layer in forward and kept (a few hundred indices), so the rebuilt layers and
+backward attend exactly as forward did. The plan serves non-causal attention without dropout;
+causal HyperAttention and dropout keep the per-layer checkpoint (:func:`applies`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xt_core.models.context.hyper import HyperLayout, HyperSelfAttention, _gather_rows, gray_rank
+from xt_core.models.context.recompute import GradientSum, Replay, SequencePlan, piece_gradients, trainable_parameters
+from xt_core.models.context.rope import RotaryTables, apply_rotary
+
+if TYPE_CHECKING:
+    from xt_core.models.context.attention import AttentionBlock
+
+#: A chunk of queries: contiguous token rows (exact attention), or HyperAttention's
+#: ``(first block, block count)``.
+Chunk = Union[slice, tuple[int, int]]
+
+#: Tokens per chunk of the token-wise parts (norms, projections, MLP), and queries per chunk of
+#: exact attention when the layer sets no ``query_chunk``.
+TOKEN_CHUNK = 4096
+
+
+def applies(encoder: nn.Module, length: int) -> bool:
+    """Whether the plan serves ``encoder`` on ``length`` tokens: every layer non-causal and without
+    dropout, and more tokens than one chunk (shorter sequences keep the per-layer checkpoint, which
+    rebuilds nothing)."""
+    for block in encoder.blocks:
+        attn = block.attn
+        if getattr(attn, "causal", False) or attn.dropout or block.drop.p or block.mlp.dropout.p:
+            return False
+    return length > _query_chunk(encoder.blocks[0].attn) if len(encoder.blocks) else False
+
+
+def _query_chunk(attn: nn.Module) -> int:
+    return int(attn.query_chunk or TOKEN_CHUNK)
+
+
+def _spans(length: int, size: int) -> Iterator[slice]:
+    for start in range(0, length, size):
+        yield slice(start, min(start + size, length))
+
+
+def _rows_per_head(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x (B, L, D)`` rows ``index (B, H, n)`` -> ``(B, H, n, D)``."""
+    batch, length, dim = x.shape
+    offsets = torch.arange(batch, device=x.device).view(batch, 1, 1) * length
+    return x.reshape(batch * length, dim).index_select(0, (index + offsets).reshape(-1)).view(*index.shape, dim)
+
+
+class _Layer:
+    """One block's parts, each on any rows: keys and values, queries, the attention core, and the
+    token-wise finish (output projection, residuals, MLP)."""
+
+    def __init__(self, block: "AttentionBlock", rope: Optional[RotaryTables]) -> None:
+        self.block = block
+        self.attn = block.attn
+        self.rope = rope
+        self.heads, self.head_dim = self.attn.heads, self.attn.head_dim
+        self.hyper = isinstance(self.attn, HyperSelfAttention)
+
+    # -- token-wise parts
+    def _weights(self, which: int) -> torch.Tensor:
+        dim = self.heads * self.head_dim
+        return self.attn.qkv.weight[which * dim : (which + 1) * dim]
+
+    def keys_values(self, x: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (rotated) and values ``(B, H, n, d)`` of the tokens ``x (B, n, D)`` at ``rows``."""
+        batch, n, _ = x.shape
+        normed = self.block.attn_norm(x)
+        k = F.linear(normed, self._weights(1)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
+        v = F.linear(normed, self._weights(2)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
+        if self.rope is not None:
+            k = apply_rotary(k, self.rope.window(rows.start, rows.stop))
+        return k, v
+
+    def queries(self, x: torch.Tensor, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """Queries ``(B, H, n, d)``: of ``x (B, n, D)`` at contiguous ``rows``, or per head of
+        ``x (B, H, n, D)`` at token indices ``rows (B, H, n)``."""
+        normed = self.block.attn_norm(x)
+        if isinstance(rows, slice):
+            batch, n, _ = x.shape
+            q = F.linear(normed, self._weights(0)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
+            tables = None if self.rope is None else self.rope.window(rows.start, rows.stop)
+        else:
+            per_head = self._weights(0).view(self.heads, self.head_dim, -1)
+            q = torch.einsum("bhnc,hdc->bhnd", normed, per_head.to(normed.dtype))
+            tables = None if self.rope is None else RotaryTables(self.rope.cos[rows], self.rope.sin[rows])
+        return q if tables is None else apply_rotary(q, tables)
+
+    def finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The block's output for tokens ``x (B, n, D)`` whose attention output is ``a (B, H, n, d)``."""
+        batch, _, n, _ = a.shape
+        h = x + self.block.drop(self.attn.proj(a.transpose(1, 2).reshape(batch, n, -1)))
+        return h + self.block.drop(self.block.mlp(self.block.mlp_norm(h)))
+
+    # -- the attention core
+    def layout(self, x: torch.Tensor, k: torch.Tensor, samples: Optional[torch.Tensor]) -> Optional[HyperLayout]:
+        """HyperAttention's sorted layout for this layer (None where attention is exact): the
+        queries' LSH ranks are taken chunk by chunk, so all queries never exist at once."""
+        length = x.shape[1]
+        if not self.hyper or length <= self.attn.exact_below:
+            return None
+        projections = self.attn.lsh_projections
+        ranks = torch.cat([gray_rank(torch.matmul(self.queries(x[:, rows], rows), projections.to(x.dtype)) > 0)
+                           for rows in _spans(length, TOKEN_CHUNK)], dim=-1)  # fmt: skip
+        q_order = torch.argsort(ranks, dim=-1, stable=True)
+        k_order = torch.argsort(gray_rank(torch.matmul(k, projections.to(k.dtype)) > 0), dim=-1, stable=True)
+        return HyperLayout(q_order, k_order, self.head_dim, self.attn.block_size, samples, self.attn.query_chunk)
+
+    def draw_samples(self, length: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The sampled key columns, drawn as HyperAttention draws them (None where exact)."""
+        if not self.hyper or length <= self.attn.exact_below:
+            return None
+        return HyperLayout.draw_samples(length, self.attn.sample_size, device, self.attn._generator(device))
+
+    def chunks(self, length: int, layout: Optional[HyperLayout]) -> list[Chunk]:
+        if layout is None:
+            return list(_spans(length, _query_chunk(self.attn)))
+        return layout.chunks()
+
+    def chunk_input(self, x: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
+        """The token rows a chunk's queries come from: ``(B, n, D)``, or per head ``(B, H, n, D)``."""
+        if layout is None:
+            return x[:, chunk]
+        return _rows_per_head(x, layout.query_rows(*chunk))
+
+    def keys_for(self, chunk: Chunk, layout: Optional[HyperLayout], k: torch.Tensor,
+                 v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The keys and values a chunk's queries see: all of them (exact), or HyperAttention's
+        block rows and sampled columns ``(k_rows, v_rows, k_sample, v_sample)``."""
+        if layout is None:
+            return k, v
+        rows = layout.key_rows(*chunk)
+        return (_gather_rows(k, rows), _gather_rows(v, rows),
+                k[..., layout.samples, :], v[..., layout.samples, :])  # fmt: skip
+
+    def add_keys_grad(self, grad_k: torch.Tensor, grad_v: torch.Tensor, chunk: Chunk,
+                      layout: Optional[HyperLayout], found: list[Optional[torch.Tensor]]) -> None:
+        """Add the gradients of :meth:`keys_for`'s tensors into ``grad_k``, ``grad_v (B, H, L, d)``."""
+        if layout is None:
+            pairs = [(grad_k, found[0], None), (grad_v, found[1], None)]
+        else:
+            rows, samples = layout.key_rows(*chunk), layout.samples.expand(*grad_k.shape[:2], -1)
+            pairs = [(grad_k, found[0], rows), (grad_v, found[1], rows),
+                     (grad_k, found[2], samples), (grad_v, found[3], samples)]  # fmt: skip
+        for total, part, index in pairs:
+            if part is None:
+                continue
+            if index is None:
+                total += part
+            else:
+                batch, heads, length, dim = total.shape
+                flat = index + torch.arange(batch * heads, device=total.device).view(batch, heads, 1) * length
+                total.view(-1, dim).index_add_(0, flat.reshape(-1), part.reshape(-1, dim).to(total.dtype))
+
+    def attend(self, rows_in: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout],
+               keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The attention output ``(B, H, real, d)`` of a chunk's (non-padding) queries, given the
+        tokens they come from (:meth:`chunk_input`) and what they see (:meth:`keys_for`)."""
+        if layout is None:
+            return F.scaled_dot_product_attention(self.queries(rows_in, chunk), *keys)
+        merged, _ = layout.attend(*chunk, self.queries(rows_in, layout.query_rows(*chunk)), *keys)
+        real = layout.real_rows(*chunk).shape[-1]
+        return merged[..., :real, :].to(keys[1].dtype)
+
+    def read(self, a: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
+        """A chunk's rows of ``a (B, H, L, d)`` (the attention output, or its gradient)."""
+        if layout is None:
+            return a[..., chunk, :]
+        batch, heads, length, dim = a.shape
+        return a.reshape(-1, dim).index_select(0, layout.targets(*chunk)).view(batch, heads, -1, dim)
+
+    def write(self, a: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout], rows: torch.Tensor) -> None:
+        if layout is None:
+            a[..., chunk, :] = rows
+        else:
+            a.view(-1, a.shape[-1]).index_copy_(0, layout.targets(*chunk), rows.reshape(-1, a.shape[-1]))
+
+    def add_rows_grad(self, grad: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout], rows_grad: torch.Tensor) -> None:
+        """Add the gradient of a chunk's query rows (see :meth:`chunk_input`) into ``grad (B, L, D)``."""
+        if layout is None:
+            grad[:, chunk] += rows_grad
+            return
+        batch, length, dim = grad.shape
+        index = layout.query_rows(*chunk) + torch.arange(batch, device=grad.device).view(batch, 1, 1) * length
+        grad.view(-1, dim).index_add_(0, index.reshape(-1), rows_grad.reshape(-1, dim))
+
+
+class AttentionLayers(SequencePlan):
+    """A global-attention encoder's blocks and final norm as one autograd node (module docstring)."""
+
+    def __init__(self, encoder: nn.Module, rope: Optional[RotaryTables]) -> None:
+        self.encoder = encoder
+        self.layers = [_Layer(block, rope) for block in encoder.blocks]
+        self.params = trainable_parameters(encoder)
+        self.samples: list[Optional[torch.Tensor]] = []
+
+    # -- forward, and rebuilding a layer's input
+    def _attention(self, layer: _Layer, x: torch.Tensor, samples: Optional[torch.Tensor]):
+        """Keys, values, layout and the attention output ``A (B, H, L, d)`` of ``x`` (no autograd)."""
+        batch, length, _ = x.shape
+        k = x.new_empty(batch, layer.heads, length, layer.head_dim)
+        v = torch.empty_like(k)
+        for rows in _spans(length, TOKEN_CHUNK):
+            k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
+        layout = layer.layout(x, k, samples)
+        a = torch.empty_like(k)
+        for chunk in layer.chunks(length, layout):
+            seen = layer.keys_for(chunk, layout, k, v)
+            layer.write(a, chunk, layout, layer.attend(layer.chunk_input(x, chunk, layout), chunk, layout, seen))
+        return k, v, layout, a
+
+    def _layer_in_place(self, index: int, x: torch.Tensor) -> None:
+        layer = self.layers[index]
+        _, _, _, a = self._attention(layer, x, self.samples[index])
+        for rows in _spans(x.shape[1], TOKEN_CHUNK):
+            x[:, rows] = layer.finish(x[:, rows], a[..., rows, :])
+
+    def _norm_in_place(self, x: torch.Tensor) -> None:
+        for rows in _spans(x.shape[1], TOKEN_CHUNK):
+            x[:, rows] = self.encoder.norm(x[:, rows])
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.clone(memory_format=torch.contiguous_format)
+        self.samples = []
+        for index, layer in enumerate(self.layers):
+            self.samples.append(layer.draw_samples(x.shape[1], x.device))  # where HyperAttention draws them
+            self._layer_in_place(index, x)
+        self._norm_in_place(x)
+        return x
+
+    # -- backward
+    def backward(
+        self, tokens: torch.Tensor, grad_out: torch.Tensor, replay: Replay, grads: GradientSum
+    ) -> Optional[torch.Tensor]:
+        x = torch.empty_like(tokens, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(x)
+        length = x.shape[1]
+
+        def layer_input(index: int) -> None:
+            with torch.no_grad(), replay.autocast():
+                x.copy_(tokens)
+                for k in range(index):
+                    self._layer_in_place(k, x)
+
+        layer_input(len(self.layers))
+        with replay.replaying():
+            for rows in _spans(length, TOKEN_CHUNK):
+                piece = x[:, rows].detach().requires_grad_()
+                found = piece_gradients([self.encoder.norm(piece)], [grad_out[:, rows]], [piece, *self.params])
+                grad[:, rows] = found[0]
+                grads.add(found[1:])
+        for index in reversed(range(len(self.layers))):
+            layer_input(index)
+            self._layer_backward(self.layers[index], self.samples[index], x, grad, replay, grads)
+        return grad if tokens.requires_grad else None
+
+    def _layer_backward(self, layer: _Layer, samples: Optional[torch.Tensor], x: torch.Tensor,
+                        grad: torch.Tensor, replay: Replay, grads: GradientSum) -> None:
+        """``grad``: the layer output's gradient in, the layer input's out (``x``: the input)."""
+        params, length = self.params, x.shape[1]
+        with torch.no_grad(), replay.autocast():
+            k, v, layout, a = self._attention(layer, x, samples)
+        with replay.replaying():
+            # the projection and the MLP; the attention output's gradient overwrites it
+            for rows in _spans(length, TOKEN_CHUNK):
+                piece = x[:, rows].detach().requires_grad_()
+                attended = a[..., rows, :].detach().requires_grad_()
+                found = piece_gradients([layer.finish(piece, attended)], [grad[:, rows]], [piece, attended, *params])
+                grad[:, rows] = found[0]
+                a[..., rows, :] = found[1]
+                grads.add(found[2:])
+            # the attention core, chunk of queries by chunk, against leaf keys and values (what
+            # the chunk sees of them: HyperAttention's gathered rows, so no gradient is full-size)
+            grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
+            for chunk in layer.chunks(length, layout):
+                rows_in = layer.chunk_input(x, chunk, layout).detach().requires_grad_()
+                seen = [t.detach().requires_grad_() for t in layer.keys_for(chunk, layout, k, v)]
+                out = layer.attend(rows_in, chunk, layout, tuple(seen))
+                found = piece_gradients([out], [layer.read(a, chunk, layout)], [rows_in, *seen, *params])
+                if found[0] is not None:
+                    layer.add_rows_grad(grad, chunk, layout, found[0])
+                layer.add_keys_grad(grad_k, grad_v, chunk, layout, found[1 : 1 + len(seen)])
+                grads.add(found[1 + len(seen) :])
+            del a, k, v
+            # the keys' and values' gradients back to the tokens
+            for rows in _spans(length, TOKEN_CHUNK):
+                piece = x[:, rows].detach().requires_grad_()
+                kv = layer.keys_values(piece, rows)
+                found = piece_gradients(list(kv), [grad_k[..., rows, :], grad_v[..., rows, :]], [piece, *params])
+                grad[:, rows] += found[0]
+                grads.add(found[1:])
