@@ -27,9 +27,28 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _encoder(name: str, recompute: bool):
+#: Encoders that train as one autograd node keeping only the tokens (:mod:`recompute`); global
+#: attention does where it is non-causal and has no dropout (:mod:`attention_plan`), here with
+#: chunks of 8 queries (HyperAttention: two sorted blocks of 8) and of 10 tokens.
+ONE_NODE = {
+    "transformer_xl": ENCODERS["transformer_xl"],
+    "mamba": ENCODERS["mamba"],
+    "attention": dict(depth=2, heads=2, query_chunk=8, positions="rope2d"),
+    "hyper": dict(depth=2, heads=2, exact_below=0, block_size=8, sample_size=4, query_chunk=16, positions="rope2d"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _small_token_chunks(monkeypatch):
+    """The attention plan's token-wise chunks: several per sequence at these lengths."""
+    from xt_core.models.context import attention_plan
+
+    monkeypatch.setattr(attention_plan, "TOKEN_CHUNK", 10)
+
+
+def _encoder(name: str, recompute: bool, configs: dict = ENCODERS):
     torch.manual_seed(0)
-    return create_context_encoder(name, dim=DIM, recompute=recompute, **ENCODERS[name]).double().train()
+    return create_context_encoder(name, dim=DIM, recompute=recompute, **configs[name]).double().train()
 
 
 #: Variants that take other paths through the recomputation: causal XL with 2D RoPE (rotary
@@ -42,6 +61,12 @@ VARIANTS = {
     "mamba-alternate": ("mamba", dict(depth=4, d_state=4, segment_len=8, chunk_size=4, scan="alternate")),
     "mamba-one-way": ("mamba", dict(depth=2, d_state=4, segment_len=5, chunk_size=4, bidirectional=False)),
     "mamba-one-segment": ("mamba", dict(depth=3, d_state=4, segment_len=64, chunk_size=4)),  # per-layer checkpoints
+    "attention-one-node": ("attention", ONE_NODE["attention"]),
+    "attention-one-node-absolute": ("attention", dict(depth=3, heads=2, query_chunk=8)),
+    "hyper-one-node": ("hyper", ONE_NODE["hyper"]),
+    "hyper-one-node-absolute": ("hyper", dict(depth=2, heads=4, exact_below=0, block_size=8, sample_size=6,
+                                              query_chunk=8)),
+    "hyper-one-node-exact-layers": ("hyper", dict(depth=2, heads=2, exact_below=64, query_chunk=8)),
 }
 
 
@@ -95,12 +120,12 @@ def test_recomputed_gradient_equals_plain_backward_in_every_reading_order(varian
     _assert_equal_gradients(plain, recomputed)
 
 
-@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+@pytest.mark.parametrize("name", list(ONE_NODE))
 def test_recomputed_parameter_gradients_with_frozen_tokens(name: str) -> None:
     """Tokens that need no gradient (frozen features): the parameters' gradients still match."""
     tokens = torch.randn(2, 29, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    plain = _gradients(name, False, tokens, tokens_grad=False)
-    recomputed = _gradients(name, True, tokens, tokens_grad=False)
+    plain = _gradients(name, False, tokens, ONE_NODE[name], tokens_grad=False)
+    recomputed = _gradients(name, True, tokens, ONE_NODE[name], tokens_grad=False)
     _assert_equal_gradients(plain, recomputed)
 
 
@@ -124,12 +149,24 @@ def test_recomputation_keeps_a_fraction_of_the_activations(name: str) -> None:
     assert recomputed * 4 < plain, (recomputed, plain)
 
 
-@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+@pytest.mark.parametrize("name", list(ONE_NODE))
 def test_one_node_encoders_keep_only_the_tokens(name: str) -> None:
-    """Transformer-XL and Mamba run as one autograd node: forward keeps the tokens, nothing per
-    segment or layer (their outputs, memories and states are rebuilt in backward)."""
+    """Transformer-XL, Mamba and non-causal global attention run as one autograd node: forward keeps
+    the tokens, nothing per segment, chunk or layer (their outputs, memories, states, keys and values
+    are rebuilt in backward)."""
     tokens_bytes = 256 * DIM * 8
-    assert _saved_bytes(_encoder(name, True), 256) == tokens_bytes
+    assert _saved_bytes(_encoder(name, True, ONE_NODE), 256) == tokens_bytes
+
+
+@pytest.mark.parametrize("name", ["attention", "hyper"])
+def test_global_attention_with_dropout_or_causal_keeps_per_layer_checkpoints(name: str) -> None:
+    """Dropout drawn over the whole sequence, and the causal recursion, are not chunked: those
+    encoders checkpoint each layer (their gradients are tested equal above, ENCODERS)."""
+    from xt_core.models.context import attention_plan
+
+    assert not attention_plan.applies(_encoder(name, True), 256)
+    assert attention_plan.applies(_encoder(name, True, ONE_NODE), 256)
+    assert not attention_plan.applies(_encoder(name, True, ONE_NODE), 8)  # one chunk: nothing to gain
 
 
 def test_no_recomputation_without_autograd() -> None:
@@ -138,14 +175,14 @@ def test_no_recomputation_without_autograd() -> None:
         assert _saved_bytes(encoder, 64) == 0
 
 
-@pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
+@pytest.mark.parametrize("name", list(ONE_NODE))
 def test_a_retained_graph_backs_up_twice(name: str) -> None:
     """``backward(retain_graph=True)`` then ``backward()``: the one-node pass runs its backward twice,
     giving twice the plain gradient."""
     tokens = torch.randn(1, 29, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     grads = {}
     for recompute in (False, True):
-        encoder = _encoder(name, recompute)
+        encoder = _encoder(name, recompute, ONE_NODE)
         x = tokens.clone().requires_grad_()
         torch.manual_seed(7)
         loss = (encoder(x) * torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view_as(x)).sum()
@@ -188,3 +225,22 @@ def test_chunk_gradients_are_summed_apart_from_the_incoming_ones() -> None:
     parts = chunked_pass(lambda piece: (piece.sum(1) + module.p,), x, 4, module)
     sum(part[0].sum() for part in parts).backward()
     assert torch.equal(module.p.grad, torch.full((1, 3), 3.0))
+
+
+@pytest.mark.parametrize("name", ["attention", "hyper"])
+def test_global_attention_one_node_under_autocast(name: str) -> None:
+    """Under CPU autocast (bfloat16) the attention plan rebuilds its layers at forward's precision:
+    its chunks round differently from plain autograd's whole-sequence products (measured ~2e-3), while
+    a float32 pass differs from both by ~2e-2 (HyperAttention), so the bound tells them apart."""
+    tokens = torch.randn(2, 29, DIM, generator=torch.Generator().manual_seed(6))
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **ONE_NODE[name]).train()
+        x = tokens.clone().requires_grad_()
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            out = encoder(x)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[recompute] = x.grad
+    assert (results[True] - results[False]).norm() <= 5e-3 * results[False].norm()

@@ -125,8 +125,9 @@ class AttentionContext(ContextEncoder):
         mlp_ratio: gated-MLP width relative to ``dim`` (before LLaMA's 2/3 factor).
         dropout: dropout on attention weights and residual branches.
         query_chunk: queries per SDPA call off CUDA (``None`` = no chunking).
-        recompute: under autograd, keep only each layer's input and run the layer again in
-            backward (:mod:`recompute`): same gradient, one layer's activations alive.
+        recompute: under autograd, keep only the tokens and run the layers again in backward,
+            chunk of queries by chunk (:mod:`attention_plan`; with dropout, each layer is
+            checkpointed instead): same gradient, one chunk's activations alive.
         positions: ``absolute`` (default), ``normed`` or ``rope2d`` (:mod:`rope`).
         rope_base: frequency base of the 2D RoPE.
     """

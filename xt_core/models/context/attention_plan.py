@@ -95,29 +95,28 @@ class _Layer:
         dim = self.heads * self.head_dim
         return self.attn.qkv.weight[which * dim : (which + 1) * dim]
 
-    def keys_values(self, x: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (rotated) and values ``(B, H, n, d)`` of the tokens ``x (B, n, D)`` at ``rows``."""
-        batch, n, _ = x.shape
-        normed = self.block.attn_norm(x)
-        k = F.linear(normed, self._weights(1)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
-        v = F.linear(normed, self._weights(2)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
-            k = apply_rotary(k, self.rope.window(rows.start, rows.stop))
-        return k, v
-
-    def queries(self, x: torch.Tensor, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
-        """Queries ``(B, H, n, d)``: of ``x (B, n, D)`` at contiguous ``rows``, or per head of
-        ``x (B, H, n, D)`` at token indices ``rows (B, H, n)``."""
-        normed = self.block.attn_norm(x)
+    def _project(self, normed: torch.Tensor, which: int, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """Queries (0), keys (1) or values (2) ``(B, H, n, d)`` of normed tokens at ``rows``: ``(B, n, D)``
+        at contiguous rows, or per head ``(B, H, n, D)`` at token indices ``(B, H, n)``; queries and
+        keys rotated by their tokens' places (``rope2d``)."""
         if isinstance(rows, slice):
-            batch, n, _ = x.shape
-            q = F.linear(normed, self._weights(0)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
+            batch, n, _ = normed.shape
+            out = F.linear(normed, self._weights(which)).view(batch, n, self.heads, self.head_dim).transpose(1, 2)
             tables = None if self.rope is None else self.rope.window(rows.start, rows.stop)
         else:
-            per_head = self._weights(0).view(self.heads, self.head_dim, -1)
-            q = torch.einsum("bhnc,hdc->bhnd", normed, per_head.to(normed.dtype))
+            per_head = self._weights(which).view(self.heads, self.head_dim, -1)
+            out = torch.einsum("bhnc,hdc->bhnd", normed, per_head.to(normed.dtype))
             tables = None if self.rope is None else RotaryTables(self.rope.cos[rows], self.rope.sin[rows])
-        return q if tables is None else apply_rotary(q, tables)
+        return out if tables is None or which == 2 else apply_rotary(out, tables)
+
+    def queries(self, x: torch.Tensor, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """Queries of tokens ``x`` at ``rows`` (see :meth:`_project`)."""
+        return self._project(self.block.attn_norm(x), 0, rows)
+
+    def keys_values(self, x: torch.Tensor, rows: Union[slice, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of tokens ``x`` at ``rows`` (see :meth:`_project`)."""
+        normed = self.block.attn_norm(x)
+        return self._project(normed, 1, rows), self._project(normed, 2, rows)
 
     def finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The block's output for tokens ``x (B, n, D)`` whose attention output is ``a (B, H, n, d)``."""
@@ -126,22 +125,30 @@ class _Layer:
         return h + self.block.drop(self.block.mlp(self.block.mlp_norm(h)))
 
     # -- the attention core
-    def layout(self, x: torch.Tensor, k: torch.Tensor, samples: Optional[torch.Tensor]) -> Optional[HyperLayout]:
-        """HyperAttention's sorted layout for this layer (None where attention is exact): the
-        queries' LSH ranks are taken chunk by chunk, so all queries never exist at once."""
-        length = x.shape[1]
-        if not self.hyper or length <= self.attn.exact_below:
+    def approximates(self, length: int) -> bool:
+        """HyperAttention above its exact length: chunks of sorted blocks, keys computed per chunk."""
+        return self.hyper and length > self.attn.exact_below
+
+    def _ranks(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        """LSH ranks ``(B, H, L)`` of all queries (0) or keys (1), taken chunk by chunk of tokens."""
+        projections = self.attn.lsh_projections.to(x.dtype)
+        parts = []
+        for rows in _spans(x.shape[1], TOKEN_CHUNK):
+            vectors = self._project(self.block.attn_norm(x[:, rows]), which, rows)
+            parts.append(gray_rank(torch.matmul(vectors, projections) > 0))
+        return torch.cat(parts, dim=-1)
+
+    def layout(self, x: torch.Tensor, samples: Optional[torch.Tensor]) -> Optional[HyperLayout]:
+        """HyperAttention's sorted layout for this layer (None where attention is exact)."""
+        if not self.approximates(x.shape[1]):
             return None
-        projections = self.attn.lsh_projections
-        ranks = torch.cat([gray_rank(torch.matmul(self.queries(x[:, rows], rows), projections.to(x.dtype)) > 0)
-                           for rows in _spans(length, TOKEN_CHUNK)], dim=-1)  # fmt: skip
-        q_order = torch.argsort(ranks, dim=-1, stable=True)
-        k_order = torch.argsort(gray_rank(torch.matmul(k, projections.to(k.dtype)) > 0), dim=-1, stable=True)
+        q_order = torch.argsort(self._ranks(x, 0), dim=-1, stable=True)
+        k_order = torch.argsort(self._ranks(x, 1), dim=-1, stable=True)
         return HyperLayout(q_order, k_order, self.head_dim, self.attn.block_size, samples, self.attn.query_chunk)
 
     def draw_samples(self, length: int, device: torch.device) -> Optional[torch.Tensor]:
         """The sampled key columns, drawn as HyperAttention draws them (None where exact)."""
-        if not self.hyper or length <= self.attn.exact_below:
+        if not self.approximates(length):
             return None
         return HyperLayout.draw_samples(length, self.attn.sample_size, device, self.attn._generator(device))
 
@@ -150,50 +157,51 @@ class _Layer:
             return list(_spans(length, _query_chunk(self.attn)))
         return layout.chunks()
 
-    def chunk_input(self, x: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
-        """The token rows a chunk's queries come from: ``(B, n, D)``, or per head ``(B, H, n, D)``."""
-        if layout is None:
-            return x[:, chunk]
-        return _rows_per_head(x, layout.query_rows(*chunk))
-
-    def keys_for(self, chunk: Chunk, layout: Optional[HyperLayout], k: torch.Tensor,
-                 v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The keys and values a chunk's queries see: all of them (exact), or HyperAttention's
-        block rows and sampled columns ``(k_rows, v_rows, k_sample, v_sample)``."""
-        if layout is None:
-            return k, v
+    def _key_index(self, chunk: Chunk, layout: HyperLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token indices ``(B, H, n)`` of a chunk's block keys and ``(B, H, m)`` of the sampled ones."""
         rows = layout.key_rows(*chunk)
-        return (_gather_rows(k, rows), _gather_rows(v, rows),
-                k[..., layout.samples, :], v[..., layout.samples, :])  # fmt: skip
+        return rows, layout.samples.expand(*rows.shape[:2], -1)
 
-    def add_keys_grad(self, grad_k: torch.Tensor, grad_v: torch.Tensor, chunk: Chunk,
-                      layout: Optional[HyperLayout], found: list[Optional[torch.Tensor]]) -> None:
-        """Add the gradients of :meth:`keys_for`'s tensors into ``grad_k``, ``grad_v (B, H, L, d)``."""
+    def chunk_inputs(self, x: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout],
+                     k: Optional[torch.Tensor], v: Optional[torch.Tensor]) -> list[torch.Tensor]:
+        """What a chunk's attention is computed from: its queries' token rows, then the keys and
+        values of all tokens (exact), or the token rows of its block keys and sampled keys, per
+        head (HyperAttention: its keys are computed from them, so no whole keys exist)."""
         if layout is None:
-            pairs = [(grad_k, found[0], None), (grad_v, found[1], None)]
-        else:
-            rows, samples = layout.key_rows(*chunk), layout.samples.expand(*grad_k.shape[:2], -1)
-            pairs = [(grad_k, found[0], rows), (grad_v, found[1], rows),
-                     (grad_k, found[2], samples), (grad_v, found[3], samples)]  # fmt: skip
-        for total, part, index in pairs:
-            if part is None:
-                continue
-            if index is None:
-                total += part
-            else:
-                batch, heads, length, dim = total.shape
-                flat = index + torch.arange(batch * heads, device=total.device).view(batch, heads, 1) * length
-                total.view(-1, dim).index_add_(0, flat.reshape(-1), part.reshape(-1, dim).to(total.dtype))
+            return [x[:, chunk], k, v]
+        keys, sampled = self._key_index(chunk, layout)
+        return [_rows_per_head(x, layout.query_rows(*chunk)), _rows_per_head(x, keys), _rows_per_head(x, sampled)]
 
-    def attend(self, rows_in: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout],
-               keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The attention output ``(B, H, real, d)`` of a chunk's (non-padding) queries, given the
-        tokens they come from (:meth:`chunk_input`) and what they see (:meth:`keys_for`)."""
+    def attend(self, inputs: list[torch.Tensor], chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
+        """The attention output ``(B, H, real, d)`` of a chunk's (non-padding) queries from
+        :meth:`chunk_inputs`."""
         if layout is None:
-            return F.scaled_dot_product_attention(self.queries(rows_in, chunk), *keys)
-        merged, _ = layout.attend(*chunk, self.queries(rows_in, layout.query_rows(*chunk)), *keys)
+            rows_in, k, v = inputs
+            return F.scaled_dot_product_attention(self.queries(rows_in, chunk), k, v)
+        rows_in, key_rows_in, sampled_in = inputs
+        keys, sampled = self._key_index(chunk, layout)
+        q = self.queries(rows_in, layout.query_rows(*chunk))
+        merged, _ = layout.attend(*chunk, q, *self.keys_values(key_rows_in, keys), *self.keys_values(sampled_in, sampled))
         real = layout.real_rows(*chunk).shape[-1]
-        return merged[..., :real, :].to(keys[1].dtype)
+        return merged[..., :real, :].to(rows_in.dtype)
+
+    def add_input_grads(self, grad: torch.Tensor, grad_k: Optional[torch.Tensor], grad_v: Optional[torch.Tensor],
+                        chunk: Chunk, layout: Optional[HyperLayout], found: list[Optional[torch.Tensor]]) -> None:
+        """Add the gradients of :meth:`chunk_inputs` into the tokens' ``grad (B, L, D)`` (token rows)
+        and into ``grad_k``, ``grad_v`` (whole keys and values, exact attention)."""
+        if layout is None:
+            if found[0] is not None:
+                grad[:, chunk] += found[0]
+            for total, part in ((grad_k, found[1]), (grad_v, found[2])):
+                if part is not None:
+                    total += part
+            return
+        keys, sampled = self._key_index(chunk, layout)
+        batch, length, dim = grad.shape
+        offsets = torch.arange(batch, device=grad.device).view(batch, 1, 1) * length
+        for index, part in zip((layout.query_rows(*chunk), keys, sampled), found):
+            if part is not None:
+                grad.view(-1, dim).index_add_(0, (index + offsets).reshape(-1), part.reshape(-1, dim).to(grad.dtype))
 
     def read(self, a: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
         """A chunk's rows of ``a (B, H, L, d)`` (the attention output, or its gradient)."""
@@ -208,15 +216,6 @@ class _Layer:
         else:
             a.view(-1, a.shape[-1]).index_copy_(0, layout.targets(*chunk), rows.reshape(-1, a.shape[-1]))
 
-    def add_rows_grad(self, grad: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout], rows_grad: torch.Tensor) -> None:
-        """Add the gradient of a chunk's query rows (see :meth:`chunk_input`) into ``grad (B, L, D)``."""
-        if layout is None:
-            grad[:, chunk] += rows_grad
-            return
-        batch, length, dim = grad.shape
-        index = layout.query_rows(*chunk) + torch.arange(batch, device=grad.device).view(batch, 1, 1) * length
-        grad.view(-1, dim).index_add_(0, index.reshape(-1), rows_grad.reshape(-1, dim))
-
 
 class AttentionLayers(SequencePlan):
     """A global-attention encoder's blocks and final norm as one autograd node (module docstring)."""
@@ -229,22 +228,23 @@ class AttentionLayers(SequencePlan):
 
     # -- forward, and rebuilding a layer's input
     def _attention(self, layer: _Layer, x: torch.Tensor, samples: Optional[torch.Tensor]):
-        """Keys, values, layout and the attention output ``A (B, H, L, d)`` of ``x`` (no autograd)."""
+        """The layout, the whole keys and values (exact attention only: None for HyperAttention)
+        and the attention output ``A (B, H, L, d)`` of ``x`` (no autograd)."""
         batch, length, _ = x.shape
-        k = x.new_empty(batch, layer.heads, length, layer.head_dim)
-        v = torch.empty_like(k)
-        for rows in _spans(length, TOKEN_CHUNK):
-            k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
-        layout = layer.layout(x, k, samples)
-        a = torch.empty_like(k)
+        a = x.new_empty(batch, layer.heads, length, layer.head_dim)
+        k = v = None
+        layout = layer.layout(x, samples)
+        if layout is None:
+            k, v = torch.empty_like(a), torch.empty_like(a)
+            for rows in _spans(length, TOKEN_CHUNK):
+                k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
         for chunk in layer.chunks(length, layout):
-            seen = layer.keys_for(chunk, layout, k, v)
-            layer.write(a, chunk, layout, layer.attend(layer.chunk_input(x, chunk, layout), chunk, layout, seen))
-        return k, v, layout, a
+            layer.write(a, chunk, layout, layer.attend(layer.chunk_inputs(x, chunk, layout, k, v), chunk, layout))
+        return layout, k, v, a
 
     def _layer_in_place(self, index: int, x: torch.Tensor) -> None:
         layer = self.layers[index]
-        _, _, _, a = self._attention(layer, x, self.samples[index])
+        *_, a = self._attention(layer, x, self.samples[index])
         for rows in _spans(x.shape[1], TOKEN_CHUNK):
             x[:, rows] = layer.finish(x[:, rows], a[..., rows, :])
 
@@ -292,7 +292,7 @@ class AttentionLayers(SequencePlan):
         """``grad``: the layer output's gradient in, the layer input's out (``x``: the input)."""
         params, length = self.params, x.shape[1]
         with torch.no_grad(), replay.autocast():
-            k, v, layout, a = self._attention(layer, x, samples)
+            layout, k, v, a = self._attention(layer, x, samples)
         with replay.replaying():
             # the projection and the MLP; the attention output's gradient overwrites it
             for rows in _spans(length, TOKEN_CHUNK):
@@ -302,23 +302,24 @@ class AttentionLayers(SequencePlan):
                 grad[:, rows] = found[0]
                 a[..., rows, :] = found[1]
                 grads.add(found[2:])
-            # the attention core, chunk of queries by chunk, against leaf keys and values (what
-            # the chunk sees of them: HyperAttention's gathered rows, so no gradient is full-size)
-            grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
+            # the attention core, chunk of queries by chunk: HyperAttention's gradients go straight
+            # to the token rows its queries and keys came from; exact attention's keys and values
+            # are whole leaves, their gradients summed over the chunks
+            grad_k = None if k is None else torch.zeros_like(k)
+            grad_v = None if v is None else torch.zeros_like(v)
             for chunk in layer.chunks(length, layout):
-                rows_in = layer.chunk_input(x, chunk, layout).detach().requires_grad_()
-                seen = [t.detach().requires_grad_() for t in layer.keys_for(chunk, layout, k, v)]
-                out = layer.attend(rows_in, chunk, layout, tuple(seen))
-                found = piece_gradients([out], [layer.read(a, chunk, layout)], [rows_in, *seen, *params])
-                if found[0] is not None:
-                    layer.add_rows_grad(grad, chunk, layout, found[0])
-                layer.add_keys_grad(grad_k, grad_v, chunk, layout, found[1 : 1 + len(seen)])
-                grads.add(found[1 + len(seen) :])
+                inputs = [t.detach().requires_grad_() for t in layer.chunk_inputs(x, chunk, layout, k, v)]
+                out = layer.attend(inputs, chunk, layout)
+                found = piece_gradients([out], [layer.read(a, chunk, layout)], [*inputs, *params])
+                layer.add_input_grads(grad, grad_k, grad_v, chunk, layout, found[: len(inputs)])
+                grads.add(found[len(inputs) :])
             del a, k, v
-            # the keys' and values' gradients back to the tokens
+            if grad_k is None or grad_v is None:
+                return
+            # exact attention: the keys' and values' gradients back to the tokens
             for rows in _spans(length, TOKEN_CHUNK):
                 piece = x[:, rows].detach().requires_grad_()
-                kv = layer.keys_values(piece, rows)
-                found = piece_gradients(list(kv), [grad_k[..., rows, :], grad_v[..., rows, :]], [piece, *params])
+                found = piece_gradients(list(layer.keys_values(piece, rows)),
+                                        [grad_k[..., rows, :], grad_v[..., rows, :]], [piece, *params])  # fmt: skip
                 grad[:, rows] += found[0]
                 grads.add(found[1:])

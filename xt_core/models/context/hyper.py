@@ -329,7 +329,8 @@ class HyperAttentionContext(ContextEncoder):
         exact_below: attention is exact up to this many keys (xT: 4096).
         causal: token ``i`` attends to tokens ``<= i`` (raster order) only.
         seed: seeds the LSH projections and the eval-mode column samples.
-        recompute: under autograd, checkpoint each layer (as ``attention``).
+        recompute: under autograd, as ``attention`` (non-causal: one autograd node keeping the
+            tokens, :mod:`attention_plan`; causal: each layer checkpointed).
         positions, rope_base: as ``attention``; with ``rope2d`` the queries and keys are
             rotated before they are hashed, so buckets group rotated vectors.
     """

@@ -4,17 +4,19 @@ A context encoder's autograd graph over a whole slide keeps every layer's activa
 every token (about 100 KiB a token for a small Transformer-XL). Every encoder takes
 ``recompute`` (default True), which acts only when autograd is recording, in one of two ways:
 
-- One autograd node for the whole encoder (:func:`recomputed_pass`: Transformer-XL, and Mamba
-  on the PyTorch scan). Forward runs without autograd straight into one output tensor and keeps
-  only the tokens; backward runs the segments again with autograd, one at a time, and writes
-  each one's token gradient into one gradient tensor (Transformer-XL in forward order, its memory
-  rebuilt on the way; Mamba layer by layer, segments in reverse reading order, back-propagating
-  into the state carried from the segment before). A step keeps a few sequence-sized tensors
-  made once, plus one segment's working memory. The heads do the same over chunks of tokens
-  (:func:`chunked_pass`).
-- :func:`torch.utils.checkpoint.checkpoint` per piece (global attention per layer, HyperAttention
-  also per chunk of queries, Mamba on mamba-ssm's kernel per layer): forward keeps each piece's
-  inputs and output, backward runs the piece again.
+- One autograd node for the whole encoder (:func:`recomputed_pass`: Transformer-XL, Mamba on
+  the PyTorch scan, non-causal global attention without dropout). Forward runs without autograd
+  straight into one output tensor and keeps only the tokens; backward runs the pieces again with
+  autograd, one at a time, and writes each one's token gradient into one gradient tensor
+  (Transformer-XL in forward order, its memory rebuilt on the way; Mamba layer by layer,
+  segments in reverse reading order, back-propagating into the state carried from the segment
+  before; global attention layer by layer, chunk of queries by chunk: :mod:`attention_plan`). A
+  step keeps a few sequence-sized tensors made once, plus one piece's working memory. The heads
+  do the same over chunks of tokens (:func:`chunked_pass`).
+- :func:`torch.utils.checkpoint.checkpoint` per piece (causal HyperAttention and global attention
+  with dropout per layer, HyperAttention also per chunk of queries, Mamba on mamba-ssm's kernel
+  per layer, sequences within one segment or chunk): forward keeps each piece's inputs and
+  output, backward runs the piece again.
 
 Either way the gradient is that of a plain backward pass (the same operations, dropout and
 sampling replayed from the saved RNG state); the price is more forward work in the context
