@@ -273,14 +273,22 @@ class _LayersInPlace(SequencePlan):
         segment started from (for that layer's backward)."""
         block = self.encoder.layers[index]
         state: Optional[MixerState] = None
-        seen: list[Optional[MixerState]] = []
-        for window in self._layer_windows(index, x.shape[1]):
-            # Copies: the conv tail is a view of the segment's padded conv input, which a kept
-            # view would keep whole (1.5 MiB a segment at the default width and length).
-            if keep_states:
-                seen.append(None if state is None else MixerState(*(t.clone() for t in state)))
+        windows = self._layer_windows(index, x.shape[1])
+        seen: list[Optional[MixerState]] = [None] * len(windows) if keep_states else []
+        bank: Optional[list[torch.Tensor]] = None
+        for i, window in enumerate(windows):
             out, state = block(window.read(x), state, return_state=True)
             window.write(x, out)
+            if keep_states and i + 1 < len(windows):
+                # Copies (the conv tail is a view of the segment's padded conv input, which a kept
+                # view would keep whole: 1.5 MiB a segment), into one bank for all segments: a small
+                # block kept per segment, made between the segments' large transient ones, would
+                # pin the heap above each (glibc grew by ~3 sequence-sized tensors at 64k tokens).
+                if bank is None:
+                    bank = [t.new_empty((len(windows) - 1, *t.shape)) for t in state]
+                for slot, t in zip(bank, state):
+                    slot[i].copy_(t)
+                seen[i + 1] = MixerState(*(slot[i] for slot in bank))
         return seen
 
     def _norm_in_place(self, x: torch.Tensor) -> None:
