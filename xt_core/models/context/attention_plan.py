@@ -6,24 +6,28 @@ over the whole sequence: the queries, keys, values, the attention output, the ML
 :mod:`recompute`) splits each block into its token-wise parts and its attention core, and runs
 every part in chunks:
 
-- **forward** (no autograd) overwrites one copy of the tokens layer by layer: the keys and
-  values of all tokens, then the attention output ``A`` chunk of queries by chunk (the queries
-  of a chunk are computed from its tokens' rows), then the output projection and the MLP chunk
-  by chunk, in place. It keeps only the tokens.
+- **forward** (no autograd) overwrites one copy of the tokens layer by layer: the attention
+  output ``A`` chunk of queries by chunk (a chunk's queries computed from its tokens' rows),
+  then the output projection and the MLP chunk of tokens by chunk, in place. It keeps only the
+  tokens.
 - **backward**, layer by layer from the top: the layer's input is rebuilt from the tokens (the
-  layers below run again, no autograd), ``A`` recomputed; the projection and MLP are
-  back-propagated chunk by chunk (the attention output's gradient overwrites ``A``); then each
-  chunk of queries again with autograd against leaf keys and values, whose gradients are summed
-  over the chunks; last, the keys' and values' gradients go back to the tokens chunk by chunk.
+  layers below run again, no autograd: ``depth (depth - 1) / 2`` layer passes). Exact attention
+  then runs each chunk of queries whole with autograd (its queries from its tokens, attention
+  against leaf keys and values of all tokens, the projection and MLP, and the final norm with
+  the top layer), sums the keys' and values' gradients over the chunks and takes them back to
+  the tokens chunk by chunk. HyperAttention recomputes ``A``, back-propagates the projection and
+  MLP chunk by chunk (``A``'s gradient overwrites ``A``), then each chunk of sorted blocks.
 
-So a step holds the tokens, the output's gradient, the layer buffer, the tokens' gradient and
-``A`` (5 sequence-sized tensors), plus the keys and values of all tokens and their gradients (what
-global attention cannot do without: every query needs every key), plus one chunk's working
-memory. The gradient is plain autograd's (tested to 1e-6 in float64).
+A step holds the tokens, the output's gradient, the layer buffer and the tokens' gradient, plus
+one chunk's working memory; exact attention also the keys and values of all tokens and their
+gradients while a layer runs (every query needs every key), HyperAttention ``A`` (its chunks
+hold other tokens for each head, so a token's heads are complete only once every chunk has run).
+The gradient is plain autograd's (tested to 1e-6 in float64).
 
 HyperAttention's chunks are chunks of its sorted blocks (:class:`hyper.HyperLayout`): a chunk's
-queries are other tokens for each head, so its rows are gathered per head; the sampled columns
-are drawn once per layer in forward and kept (a few hundred indices), so the rebuilt layers and
+queries, block keys, values and sampled columns are computed from the token rows they come from,
+gathered per head, so no whole query, key or value tensor exists and their gradients go straight
+back to those rows. The sampled columns are drawn once per layer in forward and kept (a few hundred indices), so the rebuilt layers and
 backward attend exactly as forward did. The plan serves non-causal attention without dropout;
 causal HyperAttention and dropout keep the per-layer checkpoint (:func:`applies`).
 """
@@ -227,6 +231,16 @@ class AttentionLayers(SequencePlan):
         self.samples: list[Optional[torch.Tensor]] = []
 
     # -- forward, and rebuilding a layer's input
+    @staticmethod
+    def _keys_values(layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of all tokens ``(B, H, L, d)`` (exact attention; no autograd)."""
+        batch, length, _ = x.shape
+        k = x.new_empty(batch, layer.heads, length, layer.head_dim)
+        v = torch.empty_like(k)
+        for rows in _spans(length, TOKEN_CHUNK):
+            k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
+        return k, v
+
     def _attention(self, layer: _Layer, x: torch.Tensor, samples: Optional[torch.Tensor]):
         """The layout, the whole keys and values (exact attention only: None for HyperAttention)
         and the attention output ``A (B, H, L, d)`` of ``x`` (no autograd)."""
@@ -235,9 +249,7 @@ class AttentionLayers(SequencePlan):
         k = v = None
         layout = layer.layout(x, samples)
         if layout is None:
-            k, v = torch.empty_like(a), torch.empty_like(a)
-            for rows in _spans(length, TOKEN_CHUNK):
-                k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
+            k, v = self._keys_values(layer, x)
         for chunk in layer.chunks(length, layout):
             layer.write(a, chunk, layout, layer.attend(layer.chunk_inputs(x, chunk, layout, k, v), chunk, layout))
         return layout, k, v, a
@@ -267,7 +279,6 @@ class AttentionLayers(SequencePlan):
     ) -> Optional[torch.Tensor]:
         x = torch.empty_like(tokens, memory_format=torch.contiguous_format)
         grad = torch.empty_like(x)
-        length = x.shape[1]
 
         def layer_input(index: int) -> None:
             with torch.no_grad(), replay.autocast():
@@ -275,22 +286,23 @@ class AttentionLayers(SequencePlan):
                 for k in range(index):
                     self._layer_in_place(k, x)
 
-        layer_input(len(self.layers))
-        with replay.replaying():
-            for rows in _spans(length, TOKEN_CHUNK):
-                piece = x[:, rows].detach().requires_grad_()
-                found = piece_gradients([self.encoder.norm(piece)], [grad_out[:, rows]], [piece, *self.params])
-                grad[:, rows] = found[0]
-                grads.add(found[1:])
         for index in reversed(range(len(self.layers))):
             layer_input(index)
-            self._layer_backward(self.layers[index], self.samples[index], x, grad, replay, grads)
+            top = index == len(self.layers) - 1  # the final norm goes with the top layer's backward
+            self._layer_backward(self.layers[index], self.samples[index], x, grad_out if top else grad, grad,
+                                 replay, grads, top)  # fmt: skip
         return grad if tokens.requires_grad else None
 
     def _layer_backward(self, layer: _Layer, samples: Optional[torch.Tensor], x: torch.Tensor,
-                        grad: torch.Tensor, replay: Replay, grads: GradientSum) -> None:
-        """``grad``: the layer output's gradient in, the layer input's out (``x``: the input)."""
+                        grad_in: torch.Tensor, grad: torch.Tensor, replay: Replay, grads: GradientSum,
+                        top: bool) -> None:
+        """``grad_in``: the layer output's gradient (the encoder's, after the final norm, for the
+        ``top`` layer); ``grad``: the layer input's, out (it may be ``grad_in``); ``x``: the input."""
         params, length = self.params, x.shape[1]
+        norm = self.encoder.norm if top else (lambda t: t)
+        if not layer.approximates(length):
+            self._exact_layer_backward(layer, x, grad_in, grad, replay, grads, norm)
+            return
         with torch.no_grad(), replay.autocast():
             layout, k, v, a = self._attention(layer, x, samples)
         with replay.replaying():
@@ -298,25 +310,40 @@ class AttentionLayers(SequencePlan):
             for rows in _spans(length, TOKEN_CHUNK):
                 piece = x[:, rows].detach().requires_grad_()
                 attended = a[..., rows, :].detach().requires_grad_()
-                found = piece_gradients([layer.finish(piece, attended)], [grad[:, rows]], [piece, attended, *params])
+                found = piece_gradients([norm(layer.finish(piece, attended))], [grad_in[:, rows]],
+                                        [piece, attended, *params])  # fmt: skip
                 grad[:, rows] = found[0]
                 a[..., rows, :] = found[1]
                 grads.add(found[2:])
-            # the attention core, chunk of queries by chunk: HyperAttention's gradients go straight
-            # to the token rows its queries and keys came from; exact attention's keys and values
-            # are whole leaves, their gradients summed over the chunks
-            grad_k = None if k is None else torch.zeros_like(k)
-            grad_v = None if v is None else torch.zeros_like(v)
+            # the attention core, chunk of sorted blocks by chunk: the gradients go straight to the
+            # token rows its queries, keys and values came from
             for chunk in layer.chunks(length, layout):
                 inputs = [t.detach().requires_grad_() for t in layer.chunk_inputs(x, chunk, layout, k, v)]
                 out = layer.attend(inputs, chunk, layout)
                 found = piece_gradients([out], [layer.read(a, chunk, layout)], [*inputs, *params])
-                layer.add_input_grads(grad, grad_k, grad_v, chunk, layout, found[: len(inputs)])
+                layer.add_input_grads(grad, None, None, chunk, layout, found[: len(inputs)])
                 grads.add(found[len(inputs) :])
-            del a, k, v
-            if grad_k is None or grad_v is None:
-                return
-            # exact attention: the keys' and values' gradients back to the tokens
+
+    def _exact_layer_backward(self, layer: _Layer, x: torch.Tensor, grad_in: torch.Tensor, grad: torch.Tensor,
+                              replay: Replay, grads: GradientSum, norm) -> None:
+        """Exact attention's chunks of queries are chunks of tokens with all their heads, so each
+        runs whole (queries, attention against leaf keys and values, the projection and MLP) and
+        no attention output is kept; the keys' and values' gradients are summed over the chunks,
+        then go back to the tokens chunk by chunk."""
+        params, length = self.params, x.shape[1]
+        with torch.no_grad(), replay.autocast():
+            k, v = self._keys_values(layer, x)
+        with replay.replaying():
+            keys, values = k.detach().requires_grad_(), v.detach().requires_grad_()
+            grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
+            for rows in layer.chunks(length, None):
+                piece = x[:, rows].detach().requires_grad_()
+                out = norm(layer.finish(piece, layer.attend([piece, keys, values], rows, None)))
+                found = piece_gradients([out], [grad_in[:, rows]], [piece, keys, values, *params])
+                grad[:, rows] = found[0]
+                layer.add_input_grads(grad, grad_k, grad_v, rows, None, [None, found[1], found[2]])
+                grads.add(found[3:])
+            del keys, values, k, v
             for rows in _spans(length, TOKEN_CHUNK):
                 piece = x[:, rows].detach().requires_grad_()
                 found = piece_gradients(list(layer.keys_values(piece, rows)),
