@@ -88,15 +88,19 @@ def inference_section(lengths: tuple[int, ...] = (25_000, 100_000)) -> str:
             f"(tokens: {streamed['tokens_mib']:.0f} MiB).")
 
 
-def training_section(encoders: tuple[str, ...], lengths: tuple[int, ...] = (16384, 65536)) -> str:
+def training_section(encoders: tuple[str, ...], lengths: tuple[int, ...] = (16384, 65536),
+                     exact_lengths: tuple[int, ...] = (4096, 16384)) -> str:
+    """``encoders`` at ``lengths``, then exact ``attention`` at ``exact_lengths`` (its time is
+    quadratic: a step at 64k tokens would take minutes)."""
     before = _load()
     body = []
-    for name in encoders:
-        plain = context.training_memory(name, lengths[0], recompute=False)
-        body.append([name, f"{lengths[0]:,}", "no", "default", f"{plain['peak_mib']:.0f}", f"{plain['seconds']:.1f}"])
+    for name in (*encoders, "attention"):
+        cells = exact_lengths if name == "attention" else lengths
+        plain = context.training_memory(name, cells[0], recompute=False)
+        body.append([name, f"{cells[0]:,}", "no", "default", f"{plain['peak_mib']:.0f}", f"{plain['seconds']:.1f}"])
         for threshold, label in ((None, "default"), (1 << 20, "1 MiB")):
             peaks = []
-            for length in lengths:
+            for length in cells:
                 r = context.training_memory(name, length, mmap_threshold=threshold)
                 peaks.append(r["peak_mib"])
                 ratio = f" ({r['peak_mib'] / peaks[0]:.2f}x)" if len(peaks) > 1 else ""
