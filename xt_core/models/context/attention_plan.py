@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xt_core.models.context.hyper import HyperLayout, HyperSelfAttention, _gather_rows, gray_rank
+from xt_core.models.context.hyper import HyperLayout, HyperSelfAttention, gather_rows, gray_rank
 from xt_core.models.context.recompute import GradientSum, Replay, SequencePlan, piece_gradients, trainable_parameters
 from xt_core.models.context.rope import RotaryTables, apply_rotary
 

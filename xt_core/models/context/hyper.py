@@ -122,7 +122,7 @@ def exact_attention_lse(
     return torch.cat(outputs, dim=-2), torch.cat(lses, dim=-1)
 
 
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[b, h, index[b, h, i], :]`` for ``x (B, H, L, d)``, ``index (B, H, M)``: whole rows
     copied through one ``index_select`` (several times faster than an elementwise gather)."""
     batch, heads, length, dim = x.shape
@@ -242,8 +242,8 @@ def hyper_attention_lse(
 
     def attend_chunk(first: int, count: int, q, k, v, k_sample, v_sample) -> tuple[torch.Tensor, torch.Tensor]:
         keys = layout.key_rows(first, count)
-        return layout.attend(first, count, _gather_rows(q, layout.query_rows(first, count)),
-                             _gather_rows(k, keys), _gather_rows(v, keys), k_sample, v_sample)
+        return layout.attend(first, count, gather_rows(q, layout.query_rows(first, count)),
+                             gather_rows(k, keys), gather_rows(v, keys), k_sample, v_sample)
 
     # Under autograd each chunk is recomputed in backward rather than kept: its scores are
     # (block + sample) per query, far more than the queries, keys and values themselves.
