@@ -55,6 +55,7 @@ bench: setup sample
 	$(PY) bench/run_memory_bench.py
 	$(PY) bench/run_scale_bench.py
 	$(PY) bench/run_dask_bench.py
+	$(PY) bench/run_context_bench.py
 
 default-model: setup
 	$(PY) recipes/default_model/make_default_model.py

@@ -174,6 +174,23 @@ def test_cli_parses_the_three_modes(capsys) -> None:
     assert "takes no slide" in capsys.readouterr().err
 
 
+def test_bench_context_runs_the_context_bench_sections(monkeypatch) -> None:
+    """``xt-slide bench context`` is ``bench/run_context_bench.py`` (every section unless named)."""
+    import xt_bench.run_context_bench as context_bench
+
+    calls = []
+    monkeypatch.setattr(context_bench, "main", lambda argv: calls.append(argv))
+    assert parse_mode(["context"]) == ("context", None)
+    with pytest.raises(ValueError, match="takes no slide"):
+        parse_mode(["context", "slide.svs"])
+    assert main(["bench", "context"]) == 0
+    assert main(["bench", "context", "--section", "training", "--section", "hyper"]) == 0
+    assert calls == [["--only", "scan", "--only", "hyper", "--only", "inference", "--only", "training"],
+                     ["--only", "training", "--only", "hyper"]]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "context", "--section", "everything"])
+
+
 def test_bench_read_still_works(capsys, cmu_svs: Path) -> None:
     assert main(["bench", "read", str(cmu_svs), "--json", "--seconds", "0.05", "--region-size", "1024"]) == 0
     record = json.loads(capsys.readouterr().out)

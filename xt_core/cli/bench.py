@@ -13,6 +13,10 @@ Three modes, chosen by the first word:
   alone, on dense 0.5 and 0.25 um/px slides, with the decode/resample split per region; then
   peak memory and time outside the encode stage of classify/segment on a 98,304 x 81,920 px
   slide of needle cores against a 4,096 px one, and ``info`` on the large one. Minutes.
+* ``xt-slide bench context [--section scan|hyper|inference|training ...]``: the context encoders
+  at whole-slide length (``bench/run_context_bench.py``): the selective scan, HyperAttention
+  against exact attention at 4k-64k tokens (time and memory), inference memory at 100k tokens,
+  one training step's peak memory at 16k and 64k tokens. Every section by default; ten minutes.
 
 A slide whose file is literally named ``read``, ``memory`` or ``model`` is given as ``./read``.
 """
@@ -25,7 +29,8 @@ import sys
 
 from xt_core.cli._options import non_negative_int, positive_float, positive_int
 
-MODES = ("model", "read", "memory", "scale")
+MODES = ("model", "read", "memory", "scale", "context")
+CONTEXT_SECTIONS = ("scan", "hyper", "inference", "training")
 DEFAULT_SIZES = (4096, 16384, 32768)
 
 
@@ -47,7 +52,8 @@ def add_parser(sub, name: str, parents) -> None:
         usage="xt-slide bench [model] SLIDE [--model PATH] [--json] [options]\n"
               "       xt-slide bench read SLIDE [options]\n"
               "       xt-slide bench memory [--sizes 4096,16384,32768] [options]\n"
-              "       xt-slide bench scale [--side 16384] [options]",
+              "       xt-slide bench scale [--side 16384] [options]\n"
+              "       xt-slide bench context [--section NAME ...]",
     )
     p.add_argument("words", nargs="+", metavar="MODE/SLIDE",
                    help="SLIDE (model mode), 'model SLIDE', 'read SLIDE' or 'memory'")
@@ -62,6 +68,8 @@ def add_parser(sub, name: str, parents) -> None:
                    help="memory mode: square slide sizes in px (default 4096,16384,32768)")
     p.add_argument("--side", type=positive_int, default=16384,
                    help="scale mode: side of the dense 0.5 um/px slide (the 0.25 um/px one is twice it)")
+    p.add_argument("--section", choices=CONTEXT_SECTIONS, action="append", default=None,
+                   help="context mode: one section (repeat for several; default: all)")
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="memory mode: write the generated slides to DIR and keep them")
     p.add_argument("--region-size", type=positive_int, default=512, help="read mode")
@@ -81,7 +89,7 @@ def parse_mode(words: list[str]) -> tuple[str, str | None]:
     first, rest = words[0], words[1:]
     if first in MODES:
         mode = first
-        if mode in ("memory", "scale"):
+        if mode in ("memory", "scale", "context"):
             if rest:
                 raise ValueError(f"bench {mode} takes no slide (got {' '.join(rest)!r})")
             return mode, None
@@ -105,7 +113,17 @@ def run(args: argparse.Namespace) -> int:
         return _run_memory(args)
     if mode == "scale":
         return _run_scale(args)
+    if mode == "context":
+        return _run_context(args)
     return _run_model(args, slide)
+
+
+def _run_context(args: argparse.Namespace) -> int:
+    from xt_bench.run_context_bench import main as context_bench
+
+    sections = args.section or list(CONTEXT_SECTIONS)
+    context_bench([arg for name in sections for arg in ("--only", name)])
+    return 0
 
 
 def _run_scale(args: argparse.Namespace) -> int:
