@@ -156,3 +156,24 @@ def test_starved_readers_move_to_normal_priority(slide_and_grid, monkeypatch) ->
     assert readers.count(consumer) == 1  # the late batch, read by the consumer itself
     assert len(readers) == -(-len(ref_idx) // 3) > 2  # each batch read once: none by a starved reader
     assert all(name.startswith("xt-read-now") for name in readers if name != consumer)
+
+
+def test_readers_busy_with_a_slow_batch_are_waited_for(slide_and_grid, monkeypatch) -> None:
+    """A batch that takes longer than PATIENCE_S to read is not starvation while its reader runs:
+    no move to normal priority, every batch read once, by the background readers."""
+    slide, grid = slide_and_grid
+    readers = []
+    real = stream._read_batch
+
+    def slow(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        end = time.thread_time() + 2.5 * stream.PATIENCE_S  # CPU work, as a slow decode
+        while time.thread_time() < end:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "_run_in_background", lambda: None)  # busy readers get a core however loaded the machine
+    monkeypatch.setattr(stream, "_read_batch", slow)
+    batches = list(iter_region_batches(slide, grid, batch_size=16, workers=1))
+    assert len(readers) == len(batches) > 1
+    assert all(name.startswith("xt-read_") for name in readers)

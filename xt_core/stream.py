@@ -12,8 +12,9 @@ them stalls all of them; reading 2% of the CPU cost the encoder 6% (default mode
 cores). Idle-priority readers only take cores the model leaves idle between its operations,
 which was enough to keep it fed (0.98 of the encoder alone, against 0.93). Where other
 processes keep every core busy, idle-priority threads would starve: when the consumer has
-waited :data:`PATIENCE_S` for a batch, the readers move to normal priority for the rest of
-the pass (that batch, if a starved reader holds it, is read again by the consumer itself).
+waited :data:`PATIENCE_S` for a batch while the readers got almost no CPU, the readers move to
+normal priority for the rest of the pass (that batch, if a starved reader holds it, is read
+again by the consumer itself).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before Python 3.11
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,10 +36,12 @@ from xt_core.tokenize import RegionGrid
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the consumer waits for a background reader's batch before deciding the readers are
-#: starved (other processes hold every core) or slower than the model: either way, normal
-#: priority is then the right one.
+#: Seconds the consumer waits for a background reader's batch before asking whether the readers
+#: are starved: they are when, over that wait, they got less than :data:`STARVED_SHARE` of a core
+#: between them (other processes hold every core; or they wait on a slow disk, where normal
+#: priority costs nothing). Readers that are busy decoding a slow batch are waited for.
 PATIENCE_S = 0.1
+STARVED_SHARE = 0.25
 
 
 @dataclass
@@ -122,10 +128,40 @@ class _ReadAhead:
     def __init__(self, load: Callable[[np.ndarray], RegionBatch], workers: int) -> None:
         self._load = load
         self._workers = workers
+        self._clocks: list[int] = []  # the background readers' CPU-time clocks
         self._background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xt-read",
-                                              initializer=_run_in_background)
+                                              initializer=self._start_reader)
         self._foreground: ThreadPoolExecutor | None = None
         self._from_background: set[Future[RegionBatch]] = set()
+
+    def _start_reader(self) -> None:
+        _run_in_background()
+        try:
+            self._clocks.append(time.pthread_getcpuclockid(threading.get_ident()))
+        except (AttributeError, OSError):  # no per-thread clocks: a wait past PATIENCE_S is starvation
+            pass
+
+    def _readers_cpu(self) -> float:
+        """CPU seconds the background readers have run, together."""
+        total = 0.0
+        for clock in list(self._clocks):
+            try:
+                total += time.clock_gettime(clock)
+            except OSError:
+                pass
+        return total
+
+    def _wait(self, future: Future[RegionBatch]) -> RegionBatch | None:
+        """The batch, waiting while the background readers make progress; None once they starve."""
+        cpu = self._readers_cpu()
+        while True:
+            try:
+                return future.result(timeout=PATIENCE_S)
+            except FutureTimeout:
+                now = self._readers_cpu()
+                if now - cpu < STARVED_SHARE * PATIENCE_S:
+                    return None
+                cpu = now
 
     def submit(self, group: np.ndarray) -> Future[RegionBatch]:
         if self._foreground is not None:
@@ -142,10 +178,10 @@ class _ReadAhead:
         if not background or future.done():
             return future.result()
         if self._foreground is None:
-            try:
-                return future.result(timeout=PATIENCE_S)
-            except TimeoutError:
-                self._to_foreground(pending)
+            batch = self._wait(future)
+            if batch is not None:
+                return batch
+            self._to_foreground(pending)
         if future.cancel() or not future.done():
             return self._load(group)  # a starved reader may hold it: read it here, at normal priority
         return future.result()
@@ -159,6 +195,8 @@ class _ReadAhead:
                 pending[i] = (group, self._foreground.submit(self._load, group))
 
     def close(self, futures: Iterator[Future[RegionBatch]]) -> None:
+        """Cancel what has not started and wait for what has, starved background reads included:
+        the caller may close the slide next, and a reader library must not be closed under a read."""
         for future in futures:
             future.cancel()
         for pool in (self._foreground, self._background):

@@ -67,6 +67,8 @@ VARIANTS = {
     "hyper-one-node-absolute": ("hyper", dict(depth=2, heads=4, exact_below=0, block_size=8, sample_size=6,
                                               query_chunk=8)),
     "hyper-one-node-exact-layers": ("hyper", dict(depth=2, heads=2, exact_below=64, query_chunk=8)),
+    "hyper-one-node-default-chunk": ("hyper", dict(depth=2, heads=2, exact_below=0, block_size=8, sample_size=4,
+                                                   query_chunk=None)),
 }
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xt_core.models.context.hyper import HyperLayout, HyperSelfAttention, gather_rows, gray_rank
+from xt_core.models.context.hyper import DEFAULT_QUERY_CHUNK, HyperLayout, HyperSelfAttention, gather_rows, gray_rank
 from xt_core.models.context.recompute import GradientSum, Replay, SequencePlan, piece_gradients, trainable_parameters
 from xt_core.models.context.rope import RotaryTables, apply_rotary
 
@@ -148,7 +148,8 @@ class _Layer:
             return None
         q_order = torch.argsort(self._ranks(x, 0), dim=-1, stable=True)
         k_order = torch.argsort(self._ranks(x, 1), dim=-1, stable=True)
-        return HyperLayout(q_order, k_order, self.head_dim, self.attn.block_size, samples, self.attn.query_chunk)
+        return HyperLayout(q_order, k_order, self.head_dim, self.attn.block_size, samples,
+                          self.attn.query_chunk or DEFAULT_QUERY_CHUNK)  # as HyperSelfAttention.noncausal
 
     def draw_samples(self, length: int, device: torch.device) -> Optional[torch.Tensor]:
         """The sampled key columns, drawn as HyperAttention draws them (None where exact)."""
