@@ -133,21 +133,19 @@ class _Layer:
         """HyperAttention above its exact length: chunks of sorted blocks, keys computed per chunk."""
         return self.hyper and length > self.attn.exact_below
 
-    def _ranks(self, x: torch.Tensor, which: int) -> torch.Tensor:
-        """LSH ranks ``(B, H, L)`` of all queries (0) or keys (1), taken chunk by chunk of tokens."""
-        projections = self.attn.lsh_projections.to(x.dtype)
-        parts = []
-        for rows in _spans(x.shape[1], TOKEN_CHUNK):
-            vectors = self._project(self.block.attn_norm(x[:, rows]), which, rows)
-            parts.append(gray_rank(torch.matmul(vectors, projections) > 0))
-        return torch.cat(parts, dim=-1)
-
     def layout(self, x: torch.Tensor, samples: Optional[torch.Tensor]) -> Optional[HyperLayout]:
-        """HyperAttention's sorted layout for this layer (None where attention is exact)."""
+        """HyperAttention's sorted layout for this layer (None where attention is exact): the LSH
+        ranks of all queries and keys are taken chunk by chunk of tokens, so neither exists whole."""
         if not self.approximates(x.shape[1]):
             return None
-        q_order = torch.argsort(self._ranks(x, 0), dim=-1, stable=True)
-        k_order = torch.argsort(self._ranks(x, 1), dim=-1, stable=True)
+        projections = self.attn.lsh_projections.to(x.dtype)
+        q_ranks, k_ranks = [], []
+        for rows in _spans(x.shape[1], TOKEN_CHUNK):
+            normed = self.block.attn_norm(x[:, rows])
+            for ranks, which in ((q_ranks, 0), (k_ranks, 1)):
+                ranks.append(gray_rank(torch.matmul(self._project(normed, which, rows), projections) > 0))
+        q_order = torch.argsort(torch.cat(q_ranks, dim=-1), dim=-1, stable=True)
+        k_order = torch.argsort(torch.cat(k_ranks, dim=-1), dim=-1, stable=True)
         return HyperLayout(q_order, k_order, self.head_dim, self.attn.block_size, samples,
                           self.attn.query_chunk or DEFAULT_QUERY_CHUNK)  # as HyperSelfAttention.noncausal
 
@@ -190,17 +188,10 @@ class _Layer:
         real = layout.real_rows(*chunk).shape[-1]
         return merged[..., :real, :].to(rows_in.dtype)
 
-    def add_input_grads(self, grad: torch.Tensor, grad_k: Optional[torch.Tensor], grad_v: Optional[torch.Tensor],
-                        chunk: Chunk, layout: Optional[HyperLayout], found: list[Optional[torch.Tensor]]) -> None:
-        """Add the gradients of :meth:`chunk_inputs` into the tokens' ``grad (B, L, D)`` (token rows)
-        and into ``grad_k``, ``grad_v`` (whole keys and values, exact attention)."""
-        if layout is None:
-            if found[0] is not None:
-                grad[:, chunk] += found[0]
-            for total, part in ((grad_k, found[1]), (grad_v, found[2])):
-                if part is not None:
-                    total += part
-            return
+    def add_row_grads(self, grad: torch.Tensor, chunk: Chunk, layout: HyperLayout,
+                      found: list[Optional[torch.Tensor]]) -> None:
+        """Add the gradients of a HyperAttention chunk's :meth:`chunk_inputs` (token rows per head)
+        into the tokens' ``grad (B, L, D)``."""
         keys, sampled = self._key_index(chunk, layout)
         batch, length, dim = grad.shape
         offsets = torch.arange(batch, device=grad.device).view(batch, 1, 1) * length
@@ -208,10 +199,8 @@ class _Layer:
             if part is not None:
                 grad.view(-1, dim).index_add_(0, (index + offsets).reshape(-1), part.reshape(-1, dim).to(grad.dtype))
 
-    def read(self, a: torch.Tensor, chunk: Chunk, layout: Optional[HyperLayout]) -> torch.Tensor:
-        """A chunk's rows of ``a (B, H, L, d)`` (the attention output, or its gradient)."""
-        if layout is None:
-            return a[..., chunk, :]
+    def read(self, a: torch.Tensor, chunk: Chunk, layout: HyperLayout) -> torch.Tensor:
+        """A HyperAttention chunk's rows of ``a (B, H, L, d)`` (the attention output's gradient)."""
         batch, heads, length, dim = a.shape
         return a.reshape(-1, dim).index_select(0, layout.targets(*chunk)).view(batch, heads, -1, dim)
 
@@ -242,22 +231,21 @@ class AttentionLayers(SequencePlan):
             k[..., rows, :], v[..., rows, :] = layer.keys_values(x[:, rows], rows)
         return k, v
 
-    def _attention(self, layer: _Layer, x: torch.Tensor, samples: Optional[torch.Tensor]):
-        """The layout, the whole keys and values (exact attention only: None for HyperAttention)
-        and the attention output ``A (B, H, L, d)`` of ``x`` (no autograd)."""
+    def _attention(self, layer: _Layer, x: torch.Tensor,
+                   samples: Optional[torch.Tensor]) -> tuple[Optional[HyperLayout], torch.Tensor]:
+        """The layout (None where attention is exact) and the attention output ``A (B, H, L, d)``
+        of ``x`` (no autograd); exact attention's whole keys and values live only meanwhile."""
         batch, length, _ = x.shape
         a = x.new_empty(batch, layer.heads, length, layer.head_dim)
-        k = v = None
         layout = layer.layout(x, samples)
-        if layout is None:
-            k, v = self._keys_values(layer, x)
+        k, v = self._keys_values(layer, x) if layout is None else (None, None)
         for chunk in layer.chunks(length, layout):
             layer.write(a, chunk, layout, layer.attend(layer.chunk_inputs(x, chunk, layout, k, v), chunk, layout))
-        return layout, k, v, a
+        return layout, a
 
     def _layer_in_place(self, index: int, x: torch.Tensor) -> None:
         layer = self.layers[index]
-        *_, a = self._attention(layer, x, self.samples[index])
+        _, a = self._attention(layer, x, self.samples[index])
         for rows in _spans(x.shape[1], TOKEN_CHUNK):
             x[:, rows] = layer.finish(x[:, rows], a[..., rows, :])
 
@@ -305,7 +293,7 @@ class AttentionLayers(SequencePlan):
             self._exact_layer_backward(layer, x, grad_in, grad, replay, grads, norm)
             return
         with torch.no_grad(), replay.autocast():
-            layout, k, v, a = self._attention(layer, x, samples)
+            layout, a = self._attention(layer, x, samples)
         with replay.replaying():
             # the projection and the MLP; the attention output's gradient overwrites it
             for rows in _spans(length, TOKEN_CHUNK):
@@ -319,10 +307,10 @@ class AttentionLayers(SequencePlan):
             # the attention core, chunk of sorted blocks by chunk: the gradients go straight to the
             # token rows its queries, keys and values came from
             for chunk in layer.chunks(length, layout):
-                inputs = [t.detach().requires_grad_() for t in layer.chunk_inputs(x, chunk, layout, k, v)]
+                inputs = [t.detach().requires_grad_() for t in layer.chunk_inputs(x, chunk, layout, None, None)]
                 out = layer.attend(inputs, chunk, layout)
                 found = piece_gradients([out], [layer.read(a, chunk, layout)], [*inputs, *params])
-                layer.add_input_grads(grad, None, None, chunk, layout, found[: len(inputs)])
+                layer.add_row_grads(grad, chunk, layout, found[: len(inputs)])
                 grads.add(found[len(inputs) :])
 
     def _exact_layer_backward(self, layer: _Layer, x: torch.Tensor, grad_in: torch.Tensor, grad: torch.Tensor,
@@ -342,7 +330,9 @@ class AttentionLayers(SequencePlan):
                 out = norm(layer.finish(piece, layer.attend([piece, keys, values], rows, None)))
                 found = piece_gradients([out], [grad_in[:, rows]], [piece, keys, values, *params])
                 grad[:, rows] = found[0]
-                layer.add_input_grads(grad, grad_k, grad_v, rows, None, [None, found[1], found[2]])
+                for total, part in ((grad_k, found[1]), (grad_v, found[2])):
+                    if part is not None:
+                        total += part
                 grads.add(found[3:])
             del keys, values, k, v
             for rows in _spans(length, TOKEN_CHUNK):
