@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before Python 3.11
 from dataclasses import dataclass
@@ -132,7 +132,7 @@ class _ReadAhead:
         self._background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xt-read",
                                               initializer=self._start_reader)
         self._foreground: ThreadPoolExecutor | None = None
-        self._from_background: set[Future[RegionBatch]] = set()
+        self._stragglers: set[Future[RegionBatch]] = set()  # background reads running at the switch
 
     def _start_reader(self) -> None:
         _run_in_background()
@@ -164,25 +164,20 @@ class _ReadAhead:
                 cpu = now
 
     def submit(self, group: np.ndarray) -> Future[RegionBatch]:
-        if self._foreground is not None:
-            return self._foreground.submit(self._load, group)
-        future = self._background.submit(self._load, group)
-        self._from_background.add(future)
-        return future
+        return (self._foreground or self._background).submit(self._load, group)
 
     def take(self, group: np.ndarray, future: Future[RegionBatch],
              pending: deque[tuple[np.ndarray, Future[RegionBatch]]]) -> RegionBatch:
         """``group``'s batch; ``pending`` (the batches after it) is resubmitted if the readers starve."""
-        background = future in self._from_background
-        self._from_background.discard(future)
-        if not background or future.done():
+        if future.done():
             return future.result()
-        if self._foreground is None:
+        if self._foreground is None:  # every read so far is a background one
             batch = self._wait(future)
             if batch is not None:
                 return batch
             self._to_foreground(pending)
-        if future.cancel() or not future.done():
+            self._stragglers.add(future)
+        if future in self._stragglers and (future.cancel() or not future.done()):
             return self._load(group)  # a starved reader may hold it: read it here, at normal priority
         return future.result()
 
@@ -191,8 +186,9 @@ class _ReadAhead:
         self._foreground = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="xt-read-now")
         for i, (group, future) in enumerate(pending):
             if future.cancel():  # not started: hand it to the new readers
-                self._from_background.discard(future)
                 pending[i] = (group, self._foreground.submit(self._load, group))
+            else:
+                self._stragglers.add(future)
 
     def close(self, futures: Iterator[Future[RegionBatch]]) -> None:
         """Cancel what has not started and wait for what has, starved background reads included:
