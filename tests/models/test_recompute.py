@@ -194,23 +194,25 @@ def test_a_retained_graph_backs_up_twice(name: str) -> None:
     assert (grads[True] - grads[False]).norm() <= 1e-9 * grads[False].norm()
 
 
+def _autocast_gradients(name: str, kwargs: dict, recompute: bool) -> list[torch.Tensor]:
+    """The tokens' then the parameters' gradients of a float32 encoder run under CPU autocast (bf16)."""
+    tokens = torch.randn(2, 29, DIM, generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **kwargs).train()
+    x = tokens.requires_grad_()
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        out = encoder(x)
+    (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return [x.grad] + [p.grad for p in encoder.parameters()]
+
+
 @pytest.mark.parametrize("name", ["transformer_xl", "mamba"])
 def test_recomputed_gradient_under_autocast_is_the_plain_one(name: str) -> None:
     """Under CPU autocast (bfloat16) the pieces are rebuilt at the precision forward had and their
     vector-Jacobian products taken outside autocast, as plain autograd does: the tokens' gradient is
     the plain one exactly, the parameters' up to float32 summation order."""
-    tokens = torch.randn(2, 29, DIM, generator=torch.Generator().manual_seed(6))
-    results = {}
-    for recompute in (False, True):
-        torch.manual_seed(0)
-        encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **ENCODERS[name]).train()
-        x = tokens.clone().requires_grad_()
-        torch.manual_seed(7)
-        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
-            out = encoder(x)
-        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[recompute] = [x.grad] + [p.grad for p in encoder.parameters()]
-    plain, recomputed = results[False], results[True]
+    plain, recomputed = (_autocast_gradients(name, ENCODERS[name], recompute) for recompute in (False, True))
     assert torch.equal(recomputed[0], plain[0])
     for a, b in zip(plain[1:], recomputed[1:]):
         assert (b - a).norm() <= 1e-5 * a.norm()
@@ -234,15 +236,5 @@ def test_global_attention_one_node_under_autocast(name: str) -> None:
     """Under CPU autocast (bfloat16) the attention plan rebuilds its layers at forward's precision:
     its chunks round differently from plain autograd's whole-sequence products (measured ~2e-3), while
     a float32 pass differs from both by ~2e-2 (HyperAttention), so the bound tells them apart."""
-    tokens = torch.randn(2, 29, DIM, generator=torch.Generator().manual_seed(6))
-    results = {}
-    for recompute in (False, True):
-        torch.manual_seed(0)
-        encoder = create_context_encoder(name, dim=DIM, recompute=recompute, **ONE_NODE[name]).train()
-        x = tokens.clone().requires_grad_()
-        torch.manual_seed(7)
-        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
-            out = encoder(x)
-        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results[recompute] = x.grad
-    assert (results[True] - results[False]).norm() <= 5e-3 * results[False].norm()
+    plain, recomputed = (_autocast_gradients(name, ONE_NODE[name], recompute)[0] for recompute in (False, True))
+    assert (recomputed - plain).norm() <= 5e-3 * plain.norm()
